@@ -1,0 +1,173 @@
+"""Settings: read once from flags and the environment, nowhere else."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from server.errors import ConfigError
+
+Backend = Literal["sqlite", "postgres"]
+DEFAULT_DB = Path("~/.stackmemory/stackmemory.db")
+
+# Every environment variable StackMemory reads, with what it does; the CLI prints these in --help.
+ENV_VARS: dict[str, str] = {
+    "STACKMEMORY_DB": "SQLite path or postgresql:// URL; wins over DATABASE_URL",
+    "DATABASE_URL": "PostgreSQL URL; selects hosted mode when STACKMEMORY_DB is unset",
+    "RAILWAY_ENVIRONMENT": "set by Railway; requires DATABASE_URL and turns on sslmode=require",
+    "STACKMEMORY_ENV": "'production' turns on sslmode=require for PostgreSQL",
+    "STACKMEMORY_PROJECT": "default project for new memories (else the git remote or folder name)",
+    "STACKMEMORY_USER": "author recorded on memories in local mode (else the OS user)",
+    "STACKMEMORY_MAX_CONTENT_BYTES": "largest memory content accepted, in bytes (default 65536)",
+    "STACKMEMORY_TRANSPORT": "stdio (default), sse or http",
+    "STACKMEMORY_HOST": "address to bind for sse/http (default 127.0.0.1)",
+    "STACKMEMORY_PORT": "port for sse/http (default $PORT, else 8765)",
+    "STACKMEMORY_ALLOWED_HOSTS": "extra Host header values accepted over HTTP, comma separated",
+    "STACKMEMORY_ALLOWED_ORIGINS": "extra Origin values accepted over HTTP, comma separated",
+    "STACKMEMORY_POOL_MIN": "PostgreSQL pool minimum connections (default 2)",
+    "STACKMEMORY_POOL_MAX": "PostgreSQL pool maximum connections (default 20)",
+    "STACKMEMORY_POOL_TIMEOUT": "seconds a call waits for a pooled connection (default 10)",
+    "STACKMEMORY_AUTO_MIGRATE": "apply database migrations on start (default on; 0 to turn off)",
+    "STACKMEMORY_LOG_LEVEL": "DEBUG, INFO, WARNING (default) or ERROR; logs go to stderr",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, resolved once at start."""
+
+    backend: Backend
+    db: str
+    reason: str
+    max_content_bytes: int = 65536
+    project: str | None = None
+    user: str = "local"
+    transport: Literal["stdio", "sse", "http"] = "stdio"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    pool_min: int = 2
+    pool_max: int = 20
+    pool_timeout: float = 10.0
+    auto_migrate: bool = True
+    log_level: str = "WARNING"
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def redacted_db(self) -> str:
+        return redact_url(self.db) if self.backend == "postgres" else self.db
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **flags: object) -> Settings:
+        """Resolve settings: explicit flags beat environment variables beat defaults."""
+        env = dict(os.environ if env is None else env)
+        backend, db, reason = _choose_backend(flags.get("db"), env)
+
+        def pick(flag: str, var: str, default: str) -> str:
+            value = flags.get(flag)
+            return str(value) if value not in (None, "") else env.get(var) or default
+
+        return cls(
+            backend=backend,
+            db=db,
+            reason=reason,
+            max_content_bytes=_int(pick("max_content_bytes", "STACKMEMORY_MAX_CONTENT_BYTES", "65536"),
+                                   "STACKMEMORY_MAX_CONTENT_BYTES", 1),
+            project=pick("project", "STACKMEMORY_PROJECT", "") or None,
+            user=pick("user", "STACKMEMORY_USER", "") or _os_user(),
+            transport=_choice(pick("transport", "STACKMEMORY_TRANSPORT", "stdio"), "STACKMEMORY_TRANSPORT",
+                              ("stdio", "sse", "http")),  # type: ignore[arg-type]
+            host=pick("host", "STACKMEMORY_HOST", "127.0.0.1"),
+            port=_int(pick("port", "STACKMEMORY_PORT", env.get("PORT") or "8765"), "STACKMEMORY_PORT", 0),
+            allowed_hosts=_csv(env.get("STACKMEMORY_ALLOWED_HOSTS", "")),
+            allowed_origins=_csv(env.get("STACKMEMORY_ALLOWED_ORIGINS", "")),
+            pool_min=_int(env.get("STACKMEMORY_POOL_MIN", "2"), "STACKMEMORY_POOL_MIN", 0),
+            pool_max=_int(env.get("STACKMEMORY_POOL_MAX", "20"), "STACKMEMORY_POOL_MAX", 1),
+            pool_timeout=float(_int(env.get("STACKMEMORY_POOL_TIMEOUT", "10"), "STACKMEMORY_POOL_TIMEOUT", 1)),
+            auto_migrate=env.get("STACKMEMORY_AUTO_MIGRATE", "1").lower() not in ("0", "false", "no", "off"),
+            log_level=pick("log_level", "STACKMEMORY_LOG_LEVEL", "WARNING").upper(),
+            env=env,
+        )
+
+
+def _choose_backend(flag_db: object, env: Mapping[str, str]) -> tuple[Backend, str, str]:
+    explicit = str(flag_db) if flag_db else None
+    if explicit:
+        return _classify(explicit, "--db was given", env)
+    if env.get("STACKMEMORY_DB"):
+        return _classify(env["STACKMEMORY_DB"], "STACKMEMORY_DB is set", env)
+    if env.get("DATABASE_URL"):
+        return _classify(env["DATABASE_URL"], "DATABASE_URL is set", env)
+    if env.get("RAILWAY_ENVIRONMENT"):
+        raise ConfigError(
+            "RAILWAY_ENVIRONMENT is set but DATABASE_URL is not: add a PostgreSQL service to the Railway "
+            "project and reference its DATABASE_URL in this service's variables"
+        )
+    path = DEFAULT_DB.expanduser()
+    return "sqlite", str(path), "default: no STACKMEMORY_DB, --db or DATABASE_URL given"
+
+
+def _classify(target: str, why: str, env: Mapping[str, str]) -> tuple[Backend, str, str]:
+    if target.startswith(("postgres://", "postgresql://")):
+        return "postgres", _with_tls(target, env), why
+    if "://" in target:
+        raise ConfigError(
+            f"database {redact_url(target)!r} is neither a file path nor a postgresql:// URL; "
+            "give a SQLite file path or a PostgreSQL URL"
+        )
+    return "sqlite", str(Path(target).expanduser()), why
+
+
+def _with_tls(url: str, env: Mapping[str, str]) -> str:
+    """Require TLS in production and on Railway unless the URL already chose an sslmode."""
+    wants_tls = env.get("STACKMEMORY_ENV", "").lower() == "production" or bool(env.get("RAILWAY_ENVIRONMENT"))
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not wants_tls or any(k == "sslmode" for k, _ in query):
+        return url
+    return urlunsplit(parts._replace(query=urlencode([*query, ("sslmode", "require")])))
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***', safe to print and log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _int(raw: str, name: str, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to an integer >= {minimum}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is too small; set it to an integer >= {minimum}")
+    return value
+
+
+def _choice(raw: str, name: str, allowed: tuple[str, ...]) -> str:
+    if raw not in allowed:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
+    return raw
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "local"

@@ -1,0 +1,152 @@
+"""Domain and result models shared by the service, the storage adapters and the tools."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Kind = Literal["fact", "decision", "constraint", "interface", "todo", "risk", "preference", "note"]
+KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
+SearchMode = Literal["keyword"]
+
+
+class Memory(BaseModel):
+    """One stored memory, as the assistant sees it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="Sortable UUIDv7; pass it to get_memory, update_memory, delete_memory.")
+    content: str
+    kind: Kind
+    tags: list[str] = Field(default_factory=list)
+    project: str
+    importance: int = Field(ge=0, le=10)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    author: str
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = None
+    version: int = Field(description="Increments on every update; pass as expected_version to update safely.")
+    deleted_at: datetime | None = Field(default=None, description="Set when deleted (a tombstone).")
+
+
+class NewMemory(BaseModel):
+    """A validated memory about to be written (the service fills every field)."""
+
+    id: str
+    content: str
+    content_hash: str
+    kind: Kind
+    tags: list[str]
+    project: str
+    importance: int
+    metadata: dict[str, Any]
+    author: str
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class MemoryPatch(BaseModel):
+    """Validated changes to a memory; None means unchanged."""
+
+    content: str | None = None
+    content_hash: str | None = None
+    kind: Kind | None = None
+    tags: list[str] | None = None
+    project: str | None = None
+    importance: int | None = None
+    metadata: dict[str, Any] | None = None
+    expires_at: datetime | None = None
+    clear_expiry: bool = False
+
+
+class MemoryFilter(BaseModel):
+    """Which memories a list, search or context query may return."""
+
+    project: str | None = None
+    kinds: list[str] | None = None
+    tags: list[str] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    now: datetime = Field(description="Memories that expired before this instant are left out.")
+
+
+class ScoredMemory(BaseModel):
+    """A storage-level search candidate: the memory, its raw score and the query terms it matched."""
+
+    memory: Memory
+    score: float
+    matched: list[str]
+
+
+class StoreStats(BaseModel):
+    """Counts and schema facts a storage adapter reports about itself."""
+
+    backend: Literal["sqlite", "postgres"]
+    location: str
+    schema_version: int
+    memories: int
+    deleted: int
+    expired: int
+    by_kind: dict[str, int]
+    projects: int
+
+
+# ---- tool results -----------------------------------------------------------------------------------
+
+
+class StoreResult(BaseModel):
+    memory: Memory
+    created: bool = Field(description="False when identical content was already stored in this project.")
+    message: str
+
+
+class SearchHit(BaseModel):
+    memory: Memory
+    score: float = Field(description="Higher is better; comparable only within one search.")
+    reason: str = Field(description="Why this memory matched, e.g. the query terms it contains.")
+
+
+class SearchResult(BaseModel):
+    query: str
+    mode: SearchMode = Field(description="Which ranking ran.")
+    results: list[SearchHit]
+    note: str | None = None
+
+
+class MemoryPage(BaseModel):
+    memories: list[Memory]
+    next_cursor: str | None = Field(description="Pass as cursor to get the next page; null on the last page.")
+
+
+class DeleteResult(BaseModel):
+    id: str
+    deleted: bool
+    message: str
+
+
+class ContextSection(BaseModel):
+    title: str
+    memories: list[Memory]
+
+
+class ProjectContext(BaseModel):
+    project: str
+    sections: list[ContextSection]
+    summary: str = Field(description="The same memories as compact text, ready to read.")
+
+
+class Status(BaseModel):
+    backend: Literal["sqlite", "postgres"]
+    location: str = Field(description="Database path, or the PostgreSQL URL without its password.")
+    reason: str = Field(description="Why this backend was chosen.")
+    schema_version: int
+    version: str
+    memories: int
+    deleted: int
+    expired: int
+    by_kind: dict[str, int]
+    projects: int
+    default_project: str

@@ -1,0 +1,326 @@
+"""Use cases: validate, apply rules (dedup, expiry, concurrency) and call storage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from datetime import UTC, datetime
+from typing import Any
+
+from server import __version__
+from server.config import Settings
+from server.errors import InvalidInput, NotFound
+from server.ids import check_id, new_id
+from server.models import (
+    KINDS,
+    ContextSection,
+    DeleteResult,
+    Memory,
+    MemoryFilter,
+    MemoryPage,
+    MemoryPatch,
+    NewMemory,
+    ProjectContext,
+    SearchHit,
+    SearchResult,
+    Status,
+    StoreResult,
+)
+from server.storage.base import Storage
+
+MAX_TAGS = 32
+MAX_TAG_CHARS = 64
+MAX_PROJECT_CHARS = 200
+MAX_METADATA_BYTES = 16384
+MAX_QUERY_TERMS = 32
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class MemoryService:
+    """Every operation the tools and the CLI offer, backend-independent."""
+
+    def __init__(self, storage: Storage, settings: Settings, default_project: str) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.default_project = default_project
+
+    # ---- writes ---------------------------------------------------------------------------------------
+
+    async def store(self, content: str, kind: str = "note", tags: list[str] | None = None,
+                    project: str | None = None, importance: int = 5, metadata: dict[str, Any] | None = None,
+                    expires_at: datetime | None = None) -> StoreResult:
+        now = _now()
+        text = self._content(content)
+        new = NewMemory(
+            id=new_id(), content=text, content_hash=content_hash(text), kind=_kind(kind),  # type: ignore[arg-type]
+            tags=_tags(tags), project=self._project(project), importance=_importance(importance),
+            metadata=_metadata(metadata), author=self.settings.user, created_at=now,
+            expires_at=_expiry(expires_at, now),
+        )
+        memory, created = await self.storage.add_memory(new)
+        message = ("stored" if created else
+                   f"identical content is already stored in project {memory.project!r} as {memory.id}; "
+                   "returned that memory instead of a duplicate")
+        return StoreResult(memory=memory, created=created, message=message)
+
+    async def update(self, memory_id: str, *, content: str | None = None, kind: str | None = None,
+                     tags: list[str] | None = None, project: str | None = None, importance: int | None = None,
+                     metadata: dict[str, Any] | None = None, expires_at: datetime | None = None,
+                     clear_expiry: bool = False, expected_version: int | None = None) -> Memory:
+        memory_id = check_id(memory_id)
+        now = _now()
+        patch = MemoryPatch(
+            content=None if content is None else self._content(content),
+            kind=None if kind is None else _kind(kind),  # type: ignore[arg-type]
+            tags=None if tags is None else _tags(tags),
+            project=None if project is None else self._project(project),
+            importance=None if importance is None else _importance(importance),
+            metadata=None if metadata is None else _metadata(metadata),
+            expires_at=None if expires_at is None else _expiry(expires_at, now),
+            clear_expiry=clear_expiry,
+        )
+        if patch.content is not None:
+            patch.content_hash = content_hash(patch.content)
+        if expected_version is not None and expected_version < 1:
+            raise InvalidInput(f"expected_version {expected_version} is invalid: versions start at 1")
+        if patch.model_dump(exclude_defaults=True) == {}:
+            raise InvalidInput("nothing to update: pass at least one of content, kind, tags, project, "
+                               "importance, metadata, expires_at or clear_expiry")
+        return await self.storage.update_memory(memory_id, patch, expected_version, now)
+
+    async def delete(self, memory_id: str) -> DeleteResult:
+        memory = await self.storage.delete_memory(check_id(memory_id), _now())
+        return DeleteResult(id=memory.id, deleted=True,
+                            message="deleted (a tombstone is kept so sync and migration carry the deletion)")
+
+    # ---- reads ----------------------------------------------------------------------------------------
+
+    async def get(self, memory_id: str) -> Memory:
+        memory_id = check_id(memory_id)
+        memory = await self.storage.get_memory(memory_id)
+        if memory is None or memory.deleted_at is not None:
+            raise NotFound(f"no memory with id {memory_id}; search_memory or list_memories shows existing ids")
+        return memory
+
+    async def search(self, query: str, limit: int = 10, project: str | None = None,
+                     kinds: list[str] | None = None, tags: list[str] | None = None,
+                     since: datetime | None = None, until: datetime | None = None) -> SearchResult:
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInput("query is empty: give the words or question to search for")
+        query = _clean_text(query)
+        where = self._filter(project, kinds, tags, since, until)
+        terms = search_terms(query)
+        if not terms:
+            return SearchResult(query=query, mode="keyword", results=[],
+                                note="the query has no searchable words (letters or digits); nothing matched")
+        found = await self.storage.search_keyword(terms, where, _limit(limit, 100))
+        hits = [SearchHit(memory=s.memory, score=round(s.score, 6), reason=_reason(terms, s.memory))
+                for s in found]
+        return SearchResult(query=query, mode="keyword", results=hits)
+
+    async def list_memories(self, project: str | None = None, kind: str | None = None, tags: list[str] | None = None,
+                   limit: int = 20, cursor: str | None = None) -> MemoryPage:
+        where = self._filter(project, [kind] if kind else None, tags, None, None)
+        size = _limit(limit, 100)
+        after = check_id(cursor, "cursor") if cursor else None
+        page = await self.storage.list_memories(where, size + 1, after)
+        more = len(page) > size
+        page = page[:size]
+        return MemoryPage(memories=page, next_cursor=page[-1].id if more and page else None)
+
+    async def context(self, project: str | None = None, limit: int = 20) -> ProjectContext:
+        size = _limit(limit, 100)
+        name = self._project(project)
+        sections = []
+        for title, kinds in (("Decisions", ["decision"]), ("Constraints", ["constraint"]),
+                             ("Open todos", ["todo"]), ("Risks, interfaces and preferences",
+                                                        ["risk", "interface", "preference"])):
+            found = await self.storage.top_memories(self._filter(name, kinds, None, None, None), size)
+            if found:
+                sections.append(ContextSection(title=title, memories=found))
+        recent = await self.storage.list_memories(self._filter(name, ["fact", "note"], None, None, None),
+                                                  min(size, 10), None)
+        if recent:
+            sections.append(ContextSection(title="Recent facts and notes", memories=recent))
+        return ProjectContext(project=name, sections=sections, summary=_summary(name, sections))
+
+    async def status(self) -> Status:
+        stats = await self.storage.stats(_now())
+        return Status(
+            backend=stats.backend, location=stats.location, reason=self.settings.reason,
+            schema_version=stats.schema_version, version=__version__, memories=stats.memories,
+            deleted=stats.deleted, expired=stats.expired, by_kind=stats.by_kind, projects=stats.projects,
+            default_project=self.default_project,
+        )
+
+    # ---- validation -----------------------------------------------------------------------------------
+
+    def _content(self, content: str) -> str:
+        if not isinstance(content, str):
+            raise InvalidInput("content must be text")
+        text = _clean_text(content).strip()
+        if not text:
+            raise InvalidInput("content is empty: give the text to remember")
+        size = len(text.encode("utf-8"))
+        limit = self.settings.max_content_bytes
+        if size > limit:
+            raise InvalidInput(
+                f"content is {_kib(size)}; the limit is {_kib(limit)} (split it into several memories, "
+                "or raise STACKMEMORY_MAX_CONTENT_BYTES)"
+            )
+        return text
+
+    def _project(self, project: str | None) -> str:
+        if project is None or not project.strip():
+            return self.default_project
+        name = _clean_text(project).strip()
+        if len(name) > MAX_PROJECT_CHARS:
+            raise InvalidInput(f"project name is {len(name)} characters; the limit is {MAX_PROJECT_CHARS}")
+        return name
+
+    def _filter(self, project: str | None, kinds: list[str] | None, tags: list[str] | None,
+                since: datetime | None, until: datetime | None) -> MemoryFilter:
+        since, until = _aware(since), _aware(until)
+        if since and until and since >= until:
+            raise InvalidInput(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
+        return MemoryFilter(
+            project=self._project(project) if project else None,
+            kinds=sorted({_kind(k) for k in kinds}) if kinds else None,
+            tags=_tags(tags) or None,
+            since=since, until=until, now=_now(),
+        )
+
+
+def content_hash(text: str) -> str:
+    """Hash of the normalised content: case, Unicode form and runs of whitespace do not matter."""
+    normal = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return hashlib.sha256(normal.encode("utf-8")).hexdigest()
+
+
+def search_terms(query: str) -> list[str]:
+    """The distinct words of a query, in order, as plain text: no operator in it means anything."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(query.casefold()):
+        if word != "_" and len(seen) < MAX_QUERY_TERMS:
+            seen.setdefault(word[:64], None)
+    return list(seen)
+
+
+def _reason(terms: list[str], memory: Memory) -> str:
+    haystack = f"{memory.content} {' '.join(memory.tags)}".casefold()
+    matched = [t for t in terms if t in haystack]
+    if not matched:
+        return "keyword match (word forms such as plurals count)"
+    return "matched: " + ", ".join(matched[:10])
+
+
+def _summary(project: str, sections: list[ContextSection]) -> str:
+    if not sections:
+        return f"No memories yet for project {project!r}."
+    lines = [f"Project {project}:"]
+    for section in sections:
+        lines.append(f"{section.title}:")
+        lines.extend(f"- {_one_line(m.content)} [{m.id[-8:]}, importance {m.importance}]"
+                     for m in section.memories)
+    return "\n".join(lines)
+
+
+def _one_line(text: str, width: int = 240) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _clean_text(text: str) -> str:
+    """Drop NUL characters and unpaired surrogates, which neither backend can store as text."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogates(text) else text
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise InvalidInput(f"kind {kind!r} is not one of: {', '.join(KINDS)}")
+    return kind
+
+
+def _importance(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
+        raise InvalidInput(f"importance {value!r} is out of range: use a whole number from 0 to 10")
+    return value
+
+
+def _limit(value: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInput(f"limit {value!r} is out of range: use a whole number from 1 to {maximum}")
+    return value
+
+
+def _tags(tags: list[str] | None) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str) or not isinstance(tags, list):
+        raise InvalidInput("tags must be a list of short strings, e.g. [\"db\", \"deploy\"]")
+    out: dict[str, None] = {}
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise InvalidInput(f"tag {tag!r} is not a string; tags are short strings")
+        clean = " ".join(_clean_text(tag).split())
+        if len(clean) > MAX_TAG_CHARS:
+            raise InvalidInput(f"tag {clean[:20]!r}… is {len(clean)} characters; the limit is {MAX_TAG_CHARS}")
+        if clean:
+            out.setdefault(clean, None)
+    if len(out) > MAX_TAGS:
+        raise InvalidInput(f"{len(out)} tags given; the limit is {MAX_TAGS}")
+    return list(out)
+
+
+def _metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidInput(f"metadata must be a JSON object such as {{\"source\": \"pr-42\"}}, "
+                           f"not {type(metadata).__name__}")
+    try:
+        encoded = json.dumps(metadata, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"metadata cannot be stored as JSON: {exc}") from None
+    if "\\u0000" in encoded:
+        raise InvalidInput("metadata contains NUL characters (\\u0000); remove them")
+    if len(encoded.encode("utf-8")) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata is {_kib(len(encoded.encode()))} as JSON; the limit is "
+                           f"{_kib(MAX_METADATA_BYTES)}: keep large text in content")
+    parsed: dict[str, Any] = json.loads(encoded)
+    return parsed
+
+
+def _expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
+    when = _aware(expires_at)
+    if when is not None and when <= now:
+        raise InvalidInput(f"expires_at {when.isoformat()} is in the past; give a future time "
+                           "(ISO 8601, e.g. 2030-01-31T00:00:00Z) or leave it out")
+    return when
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """Naive datetimes are taken as UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:.0f} KiB" if size >= 1024 else f"{size} bytes"

@@ -1,0 +1,64 @@
+"""The Storage protocol: the domain verbs every adapter implements, and nothing else."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, Protocol
+
+from server.models import Memory, MemoryFilter, MemoryPatch, NewMemory, ScoredMemory, StoreStats
+
+
+class Storage(Protocol):
+    """A place memories live. Adapters raise only server.errors exceptions."""
+
+    backend: Literal["sqlite", "postgres"]
+
+    @property
+    def location(self) -> str:
+        """Where the data is, safe to show (no passwords)."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and, unless told not to, apply pending migrations."""
+
+    async def close(self) -> None: ...
+
+    async def migrate(self) -> int:
+        """Apply pending migrations (once, even with several processes starting); return the version."""
+        ...
+
+    async def ping(self) -> int:
+        """Check the database answers; return its schema version."""
+        ...
+
+    async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
+        """Insert, or return the live memory with the same project and content hash (created=False)."""
+        ...
+
+    async def get_memory(self, memory_id: str) -> Memory | None:
+        """The memory with this id, including a tombstoned one (deleted_at set), or None."""
+        ...
+
+    async def update_memory(self, memory_id: str, patch: MemoryPatch, expected_version: int | None,
+                            now: datetime) -> Memory:
+        """Apply a patch atomically; NotFound for unknown or deleted ids, Conflict on a version mismatch
+        or when the new content duplicates another live memory."""
+        ...
+
+    async def delete_memory(self, memory_id: str, now: datetime) -> Memory:
+        """Tombstone a live memory; NotFound if there is none."""
+        ...
+
+    async def list_memories(self, where: MemoryFilter, limit: int, cursor: str | None) -> list[Memory]:
+        """Live memories, newest first, strictly older than the cursor id."""
+        ...
+
+    async def top_memories(self, where: MemoryFilter, limit: int) -> list[Memory]:
+        """Live memories by importance, then most recently updated."""
+        ...
+
+    async def search_keyword(self, terms: list[str], where: MemoryFilter, limit: int) -> list[ScoredMemory]:
+        """Full-text search for any of the plain-text terms, best first."""
+        ...
+
+    async def stats(self, now: datetime) -> StoreStats: ...

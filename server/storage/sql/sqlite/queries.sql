@@ -1,0 +1,82 @@
+-- Named queries for the SQLite adapter. Every "filter" block reads the same named parameters:
+-- :project, :kinds (JSON array or NULL), :tags (JSON array or NULL, all must match), :since, :until, :now.
+
+-- name: insert_memory
+INSERT INTO memories (id, content, content_hash, kind, tags, project, importance, metadata, author,
+                      created_at, updated_at, expires_at, version)
+VALUES (:id, :content, :content_hash, :kind, :tags, :project, :importance, :metadata, :author,
+        :created_at, :created_at, :expires_at, 1);
+
+-- name: find_duplicate
+SELECT * FROM memories WHERE project = :project AND content_hash = :content_hash AND deleted_at IS NULL;
+
+-- name: get_memory
+SELECT * FROM memories WHERE id = :id;
+
+-- name: update_memory
+UPDATE memories
+   SET content = :content, content_hash = :content_hash, kind = :kind, tags = :tags, project = :project,
+       importance = :importance, metadata = :metadata, expires_at = :expires_at,
+       updated_at = :now, version = version + 1
+ WHERE id = :id AND deleted_at IS NULL AND version = :version
+RETURNING *;
+
+-- name: tombstone_memory
+UPDATE memories SET deleted_at = :now, updated_at = :now, version = version + 1
+ WHERE id = :id AND deleted_at IS NULL
+RETURNING *;
+
+-- name: list_memories
+SELECT * FROM memories
+ WHERE deleted_at IS NULL
+   AND (:cursor IS NULL OR id < :cursor)
+   AND (:project IS NULL OR project = :project)
+   AND (:kinds IS NULL OR kind IN (SELECT value FROM json_each(:kinds)))
+   AND (:tags IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(:tags) AS want
+                                      WHERE want.value NOT IN (SELECT value FROM json_each(memories.tags))))
+   AND (:since IS NULL OR created_at >= :since)
+   AND (:until IS NULL OR created_at < :until)
+   AND (expires_at IS NULL OR expires_at > :now)
+ ORDER BY id DESC
+ LIMIT :limit;
+
+-- name: top_memories
+SELECT * FROM memories
+ WHERE deleted_at IS NULL
+   AND (:project IS NULL OR project = :project)
+   AND (:kinds IS NULL OR kind IN (SELECT value FROM json_each(:kinds)))
+   AND (:tags IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(:tags) AS want
+                                      WHERE want.value NOT IN (SELECT value FROM json_each(memories.tags))))
+   AND (:since IS NULL OR created_at >= :since)
+   AND (:until IS NULL OR created_at < :until)
+   AND (expires_at IS NULL OR expires_at > :now)
+ ORDER BY importance DESC, updated_at DESC
+ LIMIT :limit;
+
+-- name: search_keyword
+SELECT m.*, -bm25(memories_fts, 1.0, 0.5) AS score
+  FROM memories_fts
+  JOIN memories AS m ON m.rowid = memories_fts.rowid
+ WHERE memories_fts MATCH :match
+   AND m.deleted_at IS NULL
+   AND (:project IS NULL OR m.project = :project)
+   AND (:kinds IS NULL OR m.kind IN (SELECT value FROM json_each(:kinds)))
+   AND (:tags IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(:tags) AS want
+                                      WHERE want.value NOT IN (SELECT value FROM json_each(m.tags))))
+   AND (:since IS NULL OR m.created_at >= :since)
+   AND (:until IS NULL OR m.created_at < :until)
+   AND (m.expires_at IS NULL OR m.expires_at > :now)
+ ORDER BY bm25(memories_fts, 1.0, 0.5)
+ LIMIT :limit;
+
+-- name: stats
+SELECT
+    (SELECT count(*) FROM memories WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > :now)) AS live,
+    (SELECT count(*) FROM memories WHERE deleted_at IS NOT NULL) AS deleted,
+    (SELECT count(*) FROM memories WHERE deleted_at IS NULL AND expires_at <= :now) AS expired,
+    (SELECT count(DISTINCT project) FROM memories WHERE deleted_at IS NULL) AS projects;
+
+-- name: count_by_kind
+SELECT kind, count(*) AS n FROM memories
+ WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > :now)
+ GROUP BY kind;

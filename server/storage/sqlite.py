@@ -1,0 +1,301 @@
+"""SQLite adapter: WAL, one writer behind a lock with BEGIN IMMEDIATE, FTS5 keyword search."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from server.errors import Conflict, NotFound, StackMemoryError, StorageUnavailable
+from server.models import Memory, MemoryFilter, MemoryPatch, NewMemory, ScoredMemory, StoreStats
+from server.storage import migrations
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+log = logging.getLogger(__name__)
+Q = migrations.queries("sqlite")
+BUSY_TIMEOUT_MS = 5000
+# BEGIN IMMEDIATE waits busy_timeout for the file lock; beyond that we retry with jitter a few times,
+# so two servers on one file never surface "database is locked" under ordinary contention.
+BEGIN_ATTEMPTS = 8
+
+
+def ts(value: datetime | None) -> str | None:
+    """Timestamps are stored as fixed-width UTC ISO text so that text order equals time order."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class SQLiteStore:
+    backend: Literal["sqlite"] = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    async def open(self) -> None:
+        with _translated(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self.migrate()
+        self._reader = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        import aiosqlite
+
+        with _translated(self.path):
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            with _translated(self.path):
+                await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                await db.execute("PRAGMA journal_mode = WAL")
+                await db.execute("PRAGMA synchronous = NORMAL")
+                await db.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    async def close(self) -> None:
+        for db in (self._reader, self._writer):
+            if db is not None:
+                await db.close()
+        self._reader = self._writer = None
+
+    # ---- transactions ---------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        db = self._writer
+        if db is None:
+            raise StorageUnavailable("the SQLite store is not open")
+        async with self._lock:
+            with _translated(self.path):
+                await _begin_immediate(db)
+            try:
+                yield db
+                with _translated(self.path):
+                    await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+
+    async def _fetch(self, name: str, params: dict[str, Any]) -> list[sqlite3.Row]:
+        db = self._reader or self._writer
+        if db is None:
+            raise StorageUnavailable("the SQLite store is not open")
+        with _translated(self.path):
+            async with db.execute(Q[name], params) as cursor:
+                return list(await cursor.fetchall())
+
+    async def migrate(self) -> int:
+        db = self._writer
+        if db is None:
+            raise StorageUnavailable("the SQLite store is not open")
+        async with self._lock, _translated_async(self.path):
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                "name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            async with db.execute("SELECT version, checksum FROM schema_migrations") as cur:
+                applied = {row[0]: row[1] for row in await cur.fetchall()}
+            for m in migrations.pending("sqlite", applied):
+                log.info("applying SQLite migration %04d_%s", m.version, m.name)
+                # The claim row goes first: a second process migrating the same file at once fails
+                # on its primary key inside its own transaction, rolls back and finds the work done.
+                claim = (f"INSERT INTO schema_migrations VALUES ({m.version}, '{m.name}', "
+                         f"'{m.checksum}', '{ts(datetime.now(UTC))}');")
+                try:
+                    await db.executescript(f"BEGIN IMMEDIATE;\n{claim}\n{m.sql}\nCOMMIT;")
+                except sqlite3.IntegrityError:
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+                except BaseException:
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+                    raise
+        return migrations.latest_version("sqlite")
+
+    async def ping(self) -> int:
+        db = self._reader or self._writer
+        if db is None:
+            raise StorageUnavailable("the SQLite store is not open")
+        with _translated(self.path):
+            async with db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations") as cur:
+                row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # ---- memories -------------------------------------------------------------------------------------
+
+    async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
+        async with self._write() as db:
+            async with db.execute(Q["find_duplicate"], {"project": new.project,
+                                                        "content_hash": new.content_hash}) as cur:
+                existing = await cur.fetchone()
+            if existing is not None:
+                return _memory(existing), False
+            params = new.model_dump()
+            params.update(tags=_json(new.tags), metadata=_json(new.metadata),
+                          created_at=ts(new.created_at), expires_at=ts(new.expires_at))
+            await db.execute(Q["insert_memory"], params)
+            async with db.execute(Q["get_memory"], {"id": new.id}) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return _memory(row), True
+
+    async def get_memory(self, memory_id: str) -> Memory | None:
+        rows = await self._fetch("get_memory", {"id": memory_id})
+        return _memory(rows[0]) if rows else None
+
+    async def update_memory(self, memory_id: str, patch: MemoryPatch, expected_version: int | None,
+                            now: datetime) -> Memory:
+        async with self._write() as db:
+            async with db.execute(Q["get_memory"], {"id": memory_id}) as cur:
+                row = await cur.fetchone()
+            if row is None or row["deleted_at"] is not None:
+                raise NotFound(f"no memory with id {memory_id}; it may have been deleted")
+            current = _memory(row)
+            if expected_version is not None and current.version != expected_version:
+                raise Conflict(
+                    f"memory {memory_id} is at version {current.version}, not {expected_version}: someone "
+                    "changed it since you read it; get_memory it again and reapply your change"
+                )
+            merged = _merge(current, patch, row["content_hash"])
+            if merged["content_hash"] != row["content_hash"] or merged["project"] != current.project:
+                async with db.execute(Q["find_duplicate"], merged) as cur:
+                    clash = await cur.fetchone()
+                if clash is not None and clash["id"] != memory_id:
+                    raise Conflict(f"memory {clash['id']} in project {merged['project']!r} already has "
+                                   "this content; update or delete that one instead")
+            merged.update(id=memory_id, now=ts(now), version=current.version)
+            async with db.execute(Q["update_memory"], merged) as cur:
+                updated = await cur.fetchone()
+        assert updated is not None
+        return _memory(updated)
+
+    async def delete_memory(self, memory_id: str, now: datetime) -> Memory:
+        async with self._write() as db:
+            async with db.execute(Q["tombstone_memory"], {"id": memory_id, "now": ts(now)}) as cur:
+                row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no memory with id {memory_id}; it may already be deleted")
+        return _memory(row)
+
+    async def list_memories(self, where: MemoryFilter, limit: int, cursor: str | None) -> list[Memory]:
+        rows = await self._fetch("list_memories", {**_filter(where), "limit": limit, "cursor": cursor})
+        return [_memory(r) for r in rows]
+
+    async def top_memories(self, where: MemoryFilter, limit: int) -> list[Memory]:
+        rows = await self._fetch("top_memories", {**_filter(where), "limit": limit})
+        return [_memory(r) for r in rows]
+
+    async def search_keyword(self, terms: list[str], where: MemoryFilter, limit: int) -> list[ScoredMemory]:
+        if not terms:
+            return []
+        # Each term is quoted as an FTS5 string, so no user text is ever parsed as query syntax.
+        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        rows = await self._fetch("search_keyword", {**_filter(where), "limit": limit, "match": match})
+        return [ScoredMemory(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
+
+    async def stats(self, now: datetime) -> StoreStats:
+        (row,) = await self._fetch("stats", {"now": ts(now)})
+        kinds = await self._fetch("count_by_kind", {"now": ts(now)})
+        return StoreStats(backend="sqlite", location=self.location, schema_version=await self.ping(),
+                          memories=row["live"], deleted=row["deleted"], expired=row["expired"],
+                          by_kind={k["kind"]: k["n"] for k in kinds}, projects=row["projects"])
+
+
+async def _begin_immediate(db: aiosqlite.Connection) -> None:
+    for attempt in range(BEGIN_ATTEMPTS):
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or attempt == BEGIN_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+
+
+@asynccontextmanager
+async def _translated_async(path: Path) -> AsyncIterator[None]:
+    with _translated(path):
+        yield
+
+
+@contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    """The one place sqlite3 errors become StackMemory errors."""
+    try:
+        yield
+    except StackMemoryError:
+        raise
+    except sqlite3.Error as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            raise StorageUnavailable(f"the database {path} stayed busy (another process is writing); retry") from exc
+        if "readonly" in text or "read-only" in text:
+            raise StorageUnavailable(f"the database {path} is read-only; check its file permissions") from exc
+        if "full" in text:
+            raise StorageUnavailable(f"the disk holding {path} is full; free space and retry") from exc
+        if "unable to open" in text:
+            raise StorageUnavailable(f"cannot open the database {path}: check the folder exists and is "
+                                     "writable, or set STACKMEMORY_DB to another path") from exc
+        raise StorageUnavailable(f"SQLite error on {path}: {text}") from exc
+    except OSError as exc:
+        raise StorageUnavailable(f"cannot use the database at {path}: {exc.strerror or exc}; "
+                                 "set STACKMEMORY_DB or --db to a writable path") from exc
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _filter(where: MemoryFilter) -> dict[str, Any]:
+    return {
+        "project": where.project,
+        "kinds": _json(where.kinds) if where.kinds else None,
+        "tags": _json(where.tags) if where.tags else None,
+        "since": ts(where.since),
+        "until": ts(where.until),
+        "now": ts(where.now),
+    }
+
+
+def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, Any]:
+    expires = None if patch.clear_expiry else (patch.expires_at or current.expires_at)
+    return {
+        "content": patch.content if patch.content is not None else current.content,
+        "content_hash": patch.content_hash or content_hash,
+        "kind": patch.kind or current.kind,
+        "tags": _json(patch.tags if patch.tags is not None else current.tags),
+        "project": patch.project or current.project,
+        "importance": patch.importance if patch.importance is not None else current.importance,
+        "metadata": _json(patch.metadata if patch.metadata is not None else current.metadata),
+        "expires_at": ts(expires),
+    }
+
+
+def _memory(row: sqlite3.Row) -> Memory:
+    return Memory(
+        id=row["id"], content=row["content"], kind=row["kind"], tags=json.loads(row["tags"]),
+        project=row["project"], importance=row["importance"], metadata=json.loads(row["metadata"]),
+        author=row["author"], created_at=row["created_at"], updated_at=row["updated_at"],
+        expires_at=row["expires_at"], version=row["version"], deleted_at=row["deleted_at"],
+    )

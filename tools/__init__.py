@@ -1,0 +1,65 @@
+"""The MCP tool surface: typed async functions that call the service and format its results."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
+
+from server.errors import StackMemoryError
+from server.service import MemoryService
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def service(ctx: Context) -> MemoryService:
+    """Resolver: the MemoryService the server's lifespan opened (kept out of the model-facing schema)."""
+    svc = ctx.request_context.lifespan_context
+    if not isinstance(svc, MemoryService):
+        raise ToolError("StackMemory is still starting; retry in a moment")
+    return svc
+
+
+def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn StackMemory's own errors into ToolError so the model reads what was wrong and what to do."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except StackMemoryError as exc:
+            raise ToolError(str(exc)) from exc
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    fn: Callable[..., Awaitable[Any]]
+    title: str
+    annotations: ToolAnnotations
+
+
+def spec(title: str, *, read_only: bool, destructive: bool = False, idempotent: bool = False
+         ) -> Callable[[Callable[P, Awaitable[R]]], ToolSpec]:
+    """Describe a tool for registration by the composition root (server/app.py)."""
+
+    def wrap(fn: Callable[P, Awaitable[R]]) -> ToolSpec:
+        hints = ToolAnnotations(title=title, read_only_hint=read_only, destructive_hint=destructive,
+                                idempotent_hint=idempotent, open_world_hint=False)
+        return ToolSpec(fn=translated(fn), title=title, annotations=hints)
+
+    return wrap
+
+
+def all_tools() -> list[ToolSpec]:
+    """Every tool, in the order clients list them."""
+    from tools import admin, memories, search
+
+    return [*memories.TOOLS, *search.TOOLS, *admin.TOOLS]

@@ -1,0 +1,20 @@
+"""Tools about the server itself."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server.mcpserver import Resolve
+
+from server.models import Status
+from server.service import MemoryService
+from tools import service, spec
+
+
+@spec("Memory status", read_only=True, idempotent=True)
+async def memory_status(svc: Annotated[MemoryService, Resolve(service)]) -> Status:
+    """Which backend and database are in use, the schema version, and how many memories there are."""
+    return await svc.status()
+
+
+TOOLS = [memory_status]

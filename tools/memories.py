@@ -1,0 +1,90 @@
+"""Tools that write and read single memories: store, get, update, delete, list."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Resolve
+from pydantic import Field
+
+from server.models import DeleteResult, Kind, Memory, MemoryPage, StoreResult
+from server.service import MemoryService
+from tools import service, spec
+
+Svc = Annotated[MemoryService, Resolve(service)]
+MemoryId = Annotated[str, Field(description="The memory's id (a UUID from store, search or list results).")]
+Tags = Annotated[list[str] | None, Field(description="Short labels, e.g. [\"db\", \"deploy\"]; at most 32.")]
+Project = Annotated[str | None, Field(
+    description="Project the memory belongs to; defaults to the current project (from the git remote).")]
+Importance = Annotated[int, Field(ge=0, le=10, description="0 (trivia) to 10 (critical); default 5.")]
+Metadata = Annotated[dict[str, Any] | None, Field(description="Any JSON object of extra fields (max 16 KiB).")]
+Expires = Annotated[datetime | None, Field(
+    description="When the memory stops being returned (ISO 8601, e.g. 2030-01-31T00:00:00Z); default never.")]
+
+
+@spec("Store memory", read_only=False)
+async def store_memory(
+    content: Annotated[str, Field(description="The text to remember, self-contained (max 64 KiB by default).")],
+    svc: Svc,
+    kind: Annotated[Kind, Field(description="What sort of memory this is.")] = "note",
+    tags: Tags = None,
+    project: Project = None,
+    importance: Importance = 5,
+    metadata: Metadata = None,
+    expires_at: Expires = None,
+) -> StoreResult:
+    """Save a memory (a fact, decision, constraint, interface, todo, risk, preference or note) so it can be
+    found in later sessions. Storing the same content again in the same project returns the existing
+    memory instead of a duplicate (created=false)."""
+    return await svc.store(content, kind, tags, project, importance, metadata, expires_at)
+
+
+@spec("Get memory", read_only=True, idempotent=True)
+async def get_memory(id: MemoryId, svc: Svc) -> Memory:
+    """Fetch one memory by id, with its full content, version and timestamps."""
+    return await svc.get(id)
+
+
+@spec("Update memory", read_only=False, idempotent=False)
+async def update_memory(
+    id: MemoryId,
+    svc: Svc,
+    content: Annotated[str | None, Field(description="New text; omit to keep.")] = None,
+    kind: Annotated[Kind | None, Field(description="New kind; omit to keep.")] = None,
+    tags: Annotated[list[str] | None, Field(description="Replaces all tags; omit to keep.")] = None,
+    project: Annotated[str | None, Field(description="Move to this project; omit to keep.")] = None,
+    importance: Annotated[int | None, Field(ge=0, le=10, description="New importance 0-10; omit to keep.")] = None,
+    metadata: Annotated[dict[str, Any] | None, Field(description="Replaces the metadata object; omit to keep.")] = None,
+    expires_at: Expires = None,
+    clear_expiry: Annotated[bool, Field(description="True removes any expiry.")] = False,
+    expected_version: Annotated[int | None, Field(
+        description="The version you last read; the update fails with a conflict if it changed since.")] = None,
+) -> Memory:
+    """Change fields of a memory. Pass expected_version (from get_memory) to avoid overwriting someone
+    else's change; on a conflict nothing is changed. Returns the memory with its new version."""
+    return await svc.update(id, content=content, kind=kind, tags=tags, project=project, importance=importance,
+                            metadata=metadata, expires_at=expires_at, clear_expiry=clear_expiry,
+                            expected_version=expected_version)
+
+
+@spec("Delete memory", read_only=False, destructive=True, idempotent=False)
+async def delete_memory(id: MemoryId, svc: Svc) -> DeleteResult:
+    """Delete a memory. It disappears from search, lists and context; a tombstone records the deletion."""
+    return await svc.delete(id)
+
+
+@spec("List memories", read_only=True, idempotent=True)
+async def list_memories(
+    svc: Svc,
+    project: Annotated[str | None, Field(description="Only this project; omit for all projects.")] = None,
+    kind: Annotated[Kind | None, Field(description="Only this kind.")] = None,
+    tags: Annotated[list[str] | None, Field(description="Only memories having all of these tags.")] = None,
+    limit: Annotated[int, Field(ge=1, le=100, description="Page size, 1-100; default 20.")] = 20,
+    cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+) -> MemoryPage:
+    """List memories newest first, a page at a time; pass next_cursor back to continue."""
+    return await svc.list_memories(project, kind, tags, limit, cursor)
+
+
+TOOLS = [store_memory, get_memory, update_memory, delete_memory, list_memories]
