@@ -2,6 +2,7 @@
 
 import os
 import re
+import threading
 import time
 import uuid
 
@@ -10,13 +11,25 @@ from server.errors import InvalidInput
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
+_last = 0
+_lock = threading.Lock()
+
+
 def new_id() -> str:
-    """A UUIDv7: 48 bits of Unix milliseconds, then randomness, so ids sort by creation time."""
+    """A UUIDv7: 48 bits of Unix milliseconds, then randomness, so ids sort by creation time.
+
+    Within one process ids are strictly increasing (RFC 9562 method 3: a same-millisecond id is the
+    previous one plus one), so a list ordered by id is ordered by creation."""
+    global _last
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    with _lock:
+        if value <= _last:
+            value = _last + 1
+        _last = value
     return str(uuid.UUID(int=value))
 
 

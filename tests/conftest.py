@@ -128,11 +128,3 @@ def server_env(db: str, **extra: str) -> dict[str, str]:
 
 PYTHON = sys.executable
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every async test runs on anyio's asyncio backend without a marker per test."""
-    import inspect
-
-    for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.add_marker(pytest.mark.anyio)

@@ -1,0 +1,293 @@
+"""Benchmark the local stdio StackMemory server against a bare MCPServer floor; prints a markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+ROOT = Path(__file__).resolve().parent.parent
+NOOP = str(Path(__file__).resolve().parent / "noop_server.py")
+
+# ---- realistic memory texts -------------------------------------------------------------------------------
+
+SERVICES = ["billing", "auth", "gateway", "search", "ingest", "notifications", "reporting", "scheduler",
+            "checkout", "inventory", "profile", "webhooks", "analytics", "exporter", "mailer", "ledger"]
+COMPONENTS = ["cache", "queue consumer", "retry policy", "rate limiter", "connection pool", "migration",
+              "config loader", "session store", "token refresh", "batch job", "cron trigger", "index",
+              "serializer", "health check", "feature flag", "circuit breaker", "upload handler", "api client"]
+TECH = ["PostgreSQL", "SQLite", "Redis", "Kafka", "RabbitMQ", "S3", "DynamoDB", "Elasticsearch", "gRPC",
+        "GraphQL", "FastAPI", "Django", "Celery", "Terraform", "Kubernetes", "Docker", "nginx", "pydantic",
+        "SQLAlchemy", "asyncpg", "httpx", "OpenTelemetry", "Prometheus", "Sentry", "Vault", "Stripe"]
+REASONS = ["latency spikes under load", "the old client leaked connections", "it simplifies deployment",
+           "the team already knows it", "licensing costs", "we need exactly-once delivery",
+           "the vendor deprecated the v1 API", "cold starts were too slow", "it halves memory usage",
+           "auditors asked for encryption at rest", "tests were flaky with the mock", "it supports streaming"]
+FAILURES = ["time out", "drop messages", "deadlock", "return stale data", "exhaust file descriptors",
+            "double charge customers", "lose the lock", "retry forever", "overflow the buffer", "skip events"]
+CONDITIONS = ["a network partition", "daylight saving changes", "a deploy during peak traffic",
+              "more than 500 concurrent users", "a slow replica", "clock skew", "a full disk", "large uploads"]
+PEOPLE = ["alice", "bob", "carol", "dmitri", "eve", "farah", "gus", "hiro", "ines", "jamal"]
+STYLES = ["small pure functions", "explicit type hints", "dataclasses over dicts", "early returns",
+          "table-driven tests", "structured logging", "no global state", "async all the way down"]
+LANGS = ["Python", "TypeScript", "Go", "Rust", "SQL", "Bash"]
+TAGS = ["db", "deploy", "perf", "security", "api", "infra", "testing", "ux", "billing", "oncall", "ci", "docs"]
+PROJECTS = ["bench", "bench", "bench", "api-platform", "mobile-app", "data-pipeline"]
+VERBS = ["fetch", "sync", "parse", "render", "validate", "refresh", "compact", "export", "resolve", "merge"]
+NOUNS = ["invoice", "user", "token", "order", "event", "report", "webhook", "ledger", "session", "batch"]
+
+TEMPLATES: list[tuple[str, str]] = [
+    ("decision", "Decided to use {tech} for the {comp} in {svc} because {reason}; see {ticket}."),
+    ("constraint", "The {comp} in {svc} must stay under {num} ms p99 and never call {tech} synchronously ({ticket})."),
+    ("todo", "TODO: migrate the {svc} {comp} from {tech} to {tech2} before the {month} release ({ticket})."),
+    ("risk", "Risk: the {comp} in {svc} may {failure} under {cond}; mitigation tracked in {ticket}."),
+    ("preference", "{person} prefers {style} in {lang} code for {svc}; reviewers flag violations."),
+    ("interface", "Interface: {svc}.{func}(id: str) returns a {noun} dict and raises NotFound when missing."),
+    ("fact", "The {svc} service talks to {tech} through the {comp}; config lives in {svc}/{noun}.yaml."),
+    ("note", "Debugging note: {func} in {svc} was slow because of {reason}; fixed in commit {sha}."),
+]
+MONTHS = ["January", "March", "May", "July", "September", "November"]
+
+
+def make_memory(rng: random.Random) -> dict[str, Any]:
+    """One store_memory argument set: a unique, plausible sentence with kind, tags, project and importance."""
+    kind, template = rng.choice(TEMPLATES)
+    text = template.format(
+        tech=rng.choice(TECH), tech2=rng.choice(TECH), comp=rng.choice(COMPONENTS), svc=rng.choice(SERVICES),
+        reason=rng.choice(REASONS), failure=rng.choice(FAILURES), cond=rng.choice(CONDITIONS),
+        person=rng.choice(PEOPLE), style=rng.choice(STYLES), lang=rng.choice(LANGS), noun=rng.choice(NOUNS),
+        func=f"{rng.choice(VERBS)}_{rng.choice(NOUNS)}_{rng.getrandbits(16):04x}", month=rng.choice(MONTHS),
+        ticket=f"{rng.choice(['OPS', 'ENG', 'BUG', 'SEC'])}-{rng.randint(100, 99999)}",
+        sha=f"{rng.getrandbits(40):010x}", num=rng.choice([50, 100, 200, 250, 500, 800]),
+    )
+    return {"content": f"{text} [ref {rng.getrandbits(32):08x}]", "kind": kind,
+            "tags": rng.sample(TAGS, rng.randint(0, 3)), "project": rng.choice(PROJECTS),
+            "importance": rng.randint(1, 9)}
+
+
+VOCAB = sorted({w.strip(".,;:()").lower() for part in (SERVICES, COMPONENTS, TECH, REASONS, FAILURES, CONDITIONS,
+                                                       STYLES, NOUNS) for phrase in part for w in phrase.split()
+                if len(w) > 3})
+
+
+def make_query(rng: random.Random) -> str:
+    return " ".join(rng.sample(VOCAB, rng.randint(2, 5)))
+
+
+# ---- measurement helpers ----------------------------------------------------------------------------------
+
+
+def pct(samples: list[float], p: float) -> float:
+    """Nearest-rank percentile, in the samples' unit."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def params(args: list[str], env: dict[str, str] | None = None) -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable, args=args, env=env, cwd=str(ROOT))
+
+
+def sm_env(db: Path) -> dict[str, str]:
+    return {**os.environ, "STACKMEMORY_DB": str(db), "STACKMEMORY_PROJECT": "bench",
+            "STACKMEMORY_LOG_LEVEL": "WARNING"}
+
+
+async def cold_start(make: Callable[[], StdioServerParameters], runs: int) -> float:
+    """Median seconds from spawn to the first tools/list answer; one unmeasured warm-up spawn first."""
+    times: list[float] = []
+    for i in range(runs + 1):
+        p = make()
+        t0 = time.perf_counter()
+        async with Client(p) as c:
+            tools = await c.list_tools()
+            elapsed = time.perf_counter() - t0
+        assert tools.tools, "server listed no tools"
+        if i:
+            times.append(elapsed)
+    return statistics.median(times)
+
+
+async def timed_calls(c: Client, name: str, calls: list[dict[str, Any]]) -> tuple[list[float], float]:
+    """Per-call seconds and total wall seconds; any tool error aborts the run."""
+    lat: list[float] = []
+    start = time.perf_counter()
+    for args in calls:
+        t0 = time.perf_counter()
+        res = await c.call_tool(name, args)
+        lat.append(time.perf_counter() - t0)
+        if res.is_error:
+            raise RuntimeError(f"{name} failed: {res.content}")
+    return lat, time.perf_counter() - start
+
+
+async def in_process(db: Path, memories: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Latency of MemoryService.store and of SQLiteStore.add_memory alone, without MCP, on a fresh DB."""
+    from server.app import Runtime
+    from server.config import Settings
+
+    svc_lat: list[float] = []
+    runtime = Runtime(Settings.load(env=sm_env(db)))
+    async with runtime.session() as svc:
+        for m in memories:
+            t0 = time.perf_counter()
+            await svc.store(**m)
+            svc_lat.append(time.perf_counter() - t0)
+        storage = svc.storage
+        add_lat: list[float] = []
+        orig: Callable[..., Awaitable[Any]] = storage.add_memory
+
+        async def timed_add(new: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await orig(new)
+            finally:
+                add_lat.append(time.perf_counter() - t0)
+
+        storage.add_memory = timed_add  # type: ignore[method-assign]
+        for m in memories:
+            await svc.store(**{**m, "content": m["content"] + " (again)"})
+    return svc_lat, add_lat
+
+
+async def prefill(db: Path, memories: list[dict[str, Any]]) -> float:
+    """Insert rows through the service layer (no MCP); returns seconds taken."""
+    from server.app import Runtime
+    from server.config import Settings
+
+    t0 = time.perf_counter()
+    async with Runtime(Settings.load(env=sm_env(db))).session() as svc:
+        for m in memories:
+            await svc.store(**m)
+    return time.perf_counter() - t0
+
+
+# ---- the run ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    metric: str
+    floor: float | None
+    value: float
+    unit: str
+    limit: float | None = None  # target: the largest acceptable value/floor ratio
+
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "—"
+    return f"{v * 1000:.2f} ms" if unit == "s" else f"{v:,.0f} {unit}"
+
+
+def table(rows: list[Row]) -> str:
+    out = ["| metric | floor | stackmemory | ratio | target | pass? |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r.value / r.floor if r.floor else None
+        target = f"<= {r.limit:g}x" if r.limit else "—"
+        ok = "—" if r.limit is None or ratio is None else ("PASS" if ratio <= r.limit else "FAIL")
+        out.append(f"| {r.metric} | {fmt(r.floor, r.unit)} | {fmt(r.value, r.unit)} | "
+                   f"{'—' if ratio is None else f'{ratio:.2f}x'} | {target} | {ok} |")
+    return "\n".join(out)
+
+
+async def run(a: argparse.Namespace) -> None:
+    rng = random.Random(a.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="smbench-"))
+    print(f"machine: nproc={os.cpu_count()}, {platform.machine()} {platform.system()}, "
+          f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}, mcp {version('mcp')}", flush=True)
+
+    # 1. floor: bare MCPServer, one no-op tool (request carries a memory-sized text, so payloads match)
+    floor_cold = await cold_start(lambda: params([NOOP]), a.cold_runs)
+    noop_args = [{"text": make_memory(rng)["content"]} for _ in range(a.noop_calls)]
+    async with Client(params([NOOP])) as c:
+        await timed_calls(c, "noop", noop_args[:50])  # warm-up
+        noop_lat, noop_wall = await timed_calls(c, "noop", noop_args)
+    print(f"floor: cold {floor_cold * 1000:.0f} ms, rtt p50 {pct(noop_lat, 50) * 1e3:.3f} ms", flush=True)
+
+    # 2. StackMemory: cold start on a fresh empty DB each time
+    counter = iter(range(10**6))
+    sm_cold = await cold_start(lambda: params(["-m", "server", "serve"], sm_env(tmp / f"cold{next(counter)}.db")),
+                               a.cold_runs)
+    print(f"stackmemory: cold {sm_cold * 1000:.0f} ms", flush=True)
+
+    db = tmp / "bench.db"
+    memories = [make_memory(rng) for _ in range(a.n)]
+    mcp_stores = memories
+    how = f"all {a.n:,} stored through MCP store_memory"
+    if a.prefill:
+        timed = min(a.timed_stores, a.n)
+        secs = await prefill(db, memories[: a.n - timed])
+        mcp_stores = memories[a.n - timed:]
+        how = (f"{a.n - timed:,} prefilled via MemoryService.store in {secs:.1f} s, "
+               f"then {timed:,} stored through MCP store_memory")
+    queries = [{"query": make_query(rng), "limit": 10} for _ in range(a.searches)]
+    async with Client(params(["-m", "server", "serve"], sm_env(db))) as c:
+        await c.list_tools()
+        store_lat, store_wall = await timed_calls(c, "store_memory", mcp_stores)
+        print(f"stored {len(store_lat):,} in {store_wall:.1f} s", flush=True)
+        await timed_calls(c, "search_memory", queries[:20])  # warm-up (page cache, statement cache)
+        search_lat, _ = await timed_calls(c, "search_memory", queries)
+    rows_in_db = sqlite3.connect(db).execute("SELECT count(*) FROM memories").fetchone()[0]
+
+    # 3. where store time goes: the same work without MCP, on a fresh DB
+    sample = [make_memory(rng) for _ in range(min(a.n, 2000))]
+    svc_lat, add_lat = await in_process(tmp / "inproc.db", sample)
+
+    search_limit = 3.0 if a.n <= 10_000 else 8.0
+    rows = [
+        Row("cold start (spawn → first tools/list, median of %d)" % a.cold_runs, floor_cold, sm_cold, "s", 1.3),
+        Row("store p50 (vs no-op round trip p50)", pct(noop_lat, 50), pct(store_lat, 50), "s", 2.0),
+        Row("store p99 (vs no-op p99)", pct(noop_lat, 99), pct(store_lat, 99), "s"),
+        Row(f"search p50 at {rows_in_db:,} rows (vs no-op p50)", pct(noop_lat, 50), pct(search_lat, 50), "s",
+            search_limit),
+        Row("search p99 (vs no-op p99)", pct(noop_lat, 99), pct(search_lat, 99), "s"),
+        Row("stores/s sustained (floor: no-op calls/s)", len(noop_lat) / noop_wall, len(store_lat) / store_wall,
+            "/s"),
+    ]
+    print(f"\nN = {a.n:,} ({how}); rows in DB at search time: {rows_in_db:,}; "
+          f"no-op calls: {len(noop_lat):,}; searches: {len(search_lat):,} (2-5 vocabulary words, limit 10)\n")
+    print(table(rows))
+    print("\nstore latency breakdown (p50; in-process on a fresh DB of %s rows):" % f"{len(sample):,}")
+    print("| part | p50 | p99 |\n|---|---|---|")
+    noop50, svc50, add50, st50 = pct(noop_lat, 50), pct(svc_lat, 50), pct(add_lat, 50), pct(store_lat, 50)
+    parts = [("MCP stdio round trip (no-op floor)", noop_lat), ("MemoryService.store (in-process)", svc_lat),
+             ("  of which SQLiteStore.add_memory", add_lat)]
+    for name, lat in parts:
+        print(f"| {name} | {pct(lat, 50) * 1e3:.3f} ms | {pct(lat, 99) * 1e3:.3f} ms |")
+    rest = st50 - noop50 - svc50
+    print(f"| remainder: tool arg validation + result serialisation ≈ store p50 − floor − service "
+          f"| {rest * 1e3:.3f} ms | — |")
+    print(f"\n(service validation/model building ≈ {(svc50 - add50) * 1e3:.3f} ms p50)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--n", type=int, default=10_000, help="memories in the DB (default 10000)")
+    p.add_argument("--prefill", action="store_true",
+                   help="insert all but --timed-stores rows via the service layer before the MCP-timed part")
+    p.add_argument("--timed-stores", type=int, default=5000, help="MCP stores after --prefill (default 5000)")
+    p.add_argument("--searches", type=int, default=500)
+    p.add_argument("--noop-calls", type=int, default=1000)
+    p.add_argument("--cold-runs", type=int, default=5)
+    p.add_argument("--seed", type=int, default=1)
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+-- Named queries for the PostgreSQL adapter. Every "filter" block reads the same named parameters:
+-- %(project)s, %(kinds)s (text[] or NULL), %(tags)s (jsonb array or NULL, all must match),
+-- %(since)s, %(until)s, %(now)s. Casts on parameters give NULLs a type the server can plan with.
+
+-- name: lock_migrations
+SELECT pg_advisory_lock(%(key)s);
+
+-- name: unlock_migrations
+SELECT pg_advisory_unlock(%(key)s);
+
+-- name: create_schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations
+SELECT version, checksum FROM schema_migrations;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- name: has_schema_migrations
+SELECT to_regclass('schema_migrations') IS NOT NULL AS present;
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) AS version FROM schema_migrations;
+
+-- name: insert_memory
+INSERT INTO memories (id, content, content_hash, kind, tags, project, importance, metadata, author,
+                      created_at, updated_at, expires_at, version)
+VALUES (%(id)s, %(content)s, %(content_hash)s, %(kind)s, %(tags)s, %(project)s, %(importance)s,
+        %(metadata)s, %(author)s, %(created_at)s, %(created_at)s, %(expires_at)s, 1)
+ON CONFLICT (project, content_hash) WHERE deleted_at IS NULL DO NOTHING
+RETURNING id, content, content_hash, kind, tags, project, importance, metadata, author,
+          created_at, updated_at, expires_at, version, deleted_at;
+
+-- name: find_duplicate
+SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
+       created_at, updated_at, expires_at, version, deleted_at
+  FROM memories
+ WHERE project = %(project)s AND content_hash = %(content_hash)s AND deleted_at IS NULL;
+
+-- name: get_memory
+SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
+       created_at, updated_at, expires_at, version, deleted_at
+  FROM memories
+ WHERE id = %(id)s;
+
+-- name: lock_memory
+SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
+       created_at, updated_at, expires_at, version, deleted_at
+  FROM memories
+ WHERE id = %(id)s
+   FOR UPDATE;
+
+-- name: update_memory
+UPDATE memories
+   SET content = %(content)s, content_hash = %(content_hash)s, kind = %(kind)s, tags = %(tags)s,
+       project = %(project)s, importance = %(importance)s, metadata = %(metadata)s,
+       expires_at = %(expires_at)s, updated_at = %(now)s, version = version + 1
+ WHERE id = %(id)s AND deleted_at IS NULL AND version = %(version)s
+RETURNING id, content, content_hash, kind, tags, project, importance, metadata, author,
+          created_at, updated_at, expires_at, version, deleted_at;
+
+-- name: tombstone_memory
+UPDATE memories SET deleted_at = %(now)s, updated_at = %(now)s, version = version + 1
+ WHERE id = %(id)s AND deleted_at IS NULL
+RETURNING id, content, content_hash, kind, tags, project, importance, metadata, author,
+          created_at, updated_at, expires_at, version, deleted_at;
+
+-- name: list_memories
+SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
+       created_at, updated_at, expires_at, version, deleted_at
+  FROM memories
+ WHERE deleted_at IS NULL
+   AND (%(cursor)s::text IS NULL OR id < %(cursor)s::text)
+   AND (%(project)s::text IS NULL OR project = %(project)s::text)
+   AND (%(kinds)s::text[] IS NULL OR kind = ANY (%(kinds)s::text[]))
+   AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
+   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+   AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
+ ORDER BY id DESC
+ LIMIT %(limit)s;
+
+-- name: top_memories
+SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
+       created_at, updated_at, expires_at, version, deleted_at
+  FROM memories
+ WHERE deleted_at IS NULL
+   AND (%(project)s::text IS NULL OR project = %(project)s::text)
+   AND (%(kinds)s::text[] IS NULL OR kind = ANY (%(kinds)s::text[]))
+   AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
+   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+   AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
+ ORDER BY importance DESC, updated_at DESC
+ LIMIT %(limit)s;
+
+-- name: search_keyword
+-- websearch_to_tsquery never raises on odd input; a query of only stop words is empty and matches nothing.
+SELECT m.id, m.content, m.content_hash, m.kind, m.tags, m.project, m.importance, m.metadata, m.author,
+       m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at,
+       ts_rank_cd(m.search, q.query) AS score
+  FROM memories AS m, websearch_to_tsquery('english', %(q)s) AS q (query)
+ WHERE m.search @@ q.query
+   AND m.deleted_at IS NULL
+   AND (%(project)s::text IS NULL OR m.project = %(project)s::text)
+   AND (%(kinds)s::text[] IS NULL OR m.kind = ANY (%(kinds)s::text[]))
+   AND (%(tags)s::jsonb IS NULL OR m.tags @> %(tags)s::jsonb)
+   AND (%(since)s::timestamptz IS NULL OR m.created_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR m.created_at < %(until)s::timestamptz)
+   AND (m.expires_at IS NULL OR m.expires_at > %(now)s::timestamptz)
+ ORDER BY score DESC, m.id DESC
+ LIMIT %(limit)s;
+
+-- name: stats
+SELECT
+    (SELECT count(*) FROM memories
+      WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)) AS live,
+    (SELECT count(*) FROM memories WHERE deleted_at IS NOT NULL) AS deleted,
+    (SELECT count(*) FROM memories WHERE deleted_at IS NULL AND expires_at <= %(now)s::timestamptz) AS expired,
+    (SELECT count(DISTINCT project) FROM memories WHERE deleted_at IS NULL) AS projects;
+
+-- name: count_by_kind
+SELECT kind, count(*) AS n FROM memories
+ WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
+ GROUP BY kind;

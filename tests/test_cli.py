@@ -1,0 +1,73 @@
+"""The human CLI: readable tables, --json for scripts, clear errors, and every command documented."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import PYTHON, ROOT, server_env
+
+
+def run(db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "server", *args], capture_output=True, text=True, env=server_env(db),
+                          timeout=60, check=False)
+
+
+def ok(db: str, *args: str) -> Any:
+    result = run(db, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_person_can_store_search_list_get_and_delete_from_the_shell(tmp_path: Path) -> None:
+    db = str(tmp_path / "cli.db")
+    stored = ok(db, "store", "Releases are cut on Thursdays", "--kind", "decision", "--tags", "release,process")
+    mid = stored["memory"]["id"]
+    assert stored["memory"]["tags"] == ["release", "process"]
+    assert [r["memory"]["id"] for r in ok(db, "search", "when are releases cut")["results"]] == [mid]
+    assert [m["id"] for m in ok(db, "list")["memories"]] == [mid]
+    assert ok(db, "get", mid)["content"] == "Releases are cut on Thursdays"
+    table = run(db, "search", "releases")
+    assert table.returncode == 0 and "Releases are cut on Thursdays" in table.stdout and "score" in table.stdout
+    assert ok(db, "delete", mid)["deleted"] is True
+    assert ok(db, "status")["memories"] == 0
+
+
+def test_cli_errors_are_one_line_and_exit_non_zero(tmp_path: Path) -> None:
+    db = str(tmp_path / "cli.db")
+    result = run(db, "get", "nope")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("stackmemory:") and "expected a UUID" in result.stderr
+    assert "Traceback" not in result.stderr
+    empty = run(db, "store", "   ")
+    assert empty.returncode == 1 and "content is empty" in empty.stderr
+
+
+def test_status_never_prints_a_password(tmp_path: Path) -> None:
+    result = subprocess.run([PYTHON, "-m", "server", "status"], capture_output=True, text=True, timeout=60,
+                            env={**server_env("postgresql://app:s3cret-pw@127.0.0.1:1/none")}, check=False)
+    assert result.returncode == 1
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    assert "127.0.0.1" in result.stderr
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    from server.cli import _parser
+
+    readme = (ROOT / "README.md").read_text()
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    for name in sub.choices:  # type: ignore[union-attr]
+        assert re.search(rf"stackmemory {name}\b", readme), f"`stackmemory {name}` is not in README.md"
+
+
+def test_every_configuration_flag_names_its_environment_variable() -> None:
+    from server.cli import _parser
+
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    serve = sub.choices["serve"]  # type: ignore[index]
+    for action in serve._actions:
+        if action.option_strings and action.dest not in ("help",):
+            assert "[env " in (action.help or ""), f"serve {action.option_strings[0]} does not name its env var"

@@ -1,0 +1,118 @@
+"""The MCP tool surface through the SDK's in-memory client, on both backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+TOOLS = {"store_memory", "get_memory", "update_memory", "delete_memory", "list_memories", "search_memory",
+         "get_context", "memory_status"}
+
+
+def data(result: Any) -> Any:
+    assert not result.is_error, result.content[0].text
+    return result.structured_content
+
+
+def error(result: Any) -> str:
+    assert result.is_error, result.structured_content
+    text: str = result.content[0].text
+    assert "Error executing tool" not in text or ":" in text.split("Error executing tool", 1)[1]
+    return text
+
+
+async def test_every_tool_is_listed_with_described_parameters_and_hints(client: Any) -> None:
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == TOOLS
+    for tool in tools.values():
+        assert tool.description and tool.output_schema
+        for name, prop in tool.input_schema.get("properties", {}).items():
+            assert prop.get("description"), f"{tool.name}.{name} has no description"
+        assert "svc" not in tool.input_schema.get("properties", {})
+    assert tools["search_memory"].annotations.read_only_hint is True
+    assert tools["delete_memory"].annotations.destructive_hint is True
+    assert tools["store_memory"].annotations.read_only_hint is False
+    assert tools["store_memory"].input_schema["required"] == ["content"]
+
+
+async def test_an_assistant_can_store_find_update_and_delete_a_memory(client: Any) -> None:
+    stored = data(await client.call_tool("store_memory", {
+        "content": "Hosted deployments run on PostgreSQL 16", "kind": "decision", "tags": ["db"],
+        "importance": 8, "metadata": {"source": "adr-7"}}))
+    mid = stored["memory"]["id"]
+    assert stored["created"] is True and stored["memory"]["project"] == "demo"
+
+    found = data(await client.call_tool("search_memory", {"query": "which PostgreSQL version?"}))
+    assert found["mode"] == "keyword"
+    assert [r["memory"]["id"] for r in found["results"]] == [mid]
+    assert found["results"][0]["memory"]["content"] == "Hosted deployments run on PostgreSQL 16"
+    assert "postgresql" in found["results"][0]["reason"]
+
+    updated = data(await client.call_tool("update_memory", {"id": mid, "content": "Hosted runs PostgreSQL 17",
+                                                            "expected_version": 1}))
+    assert updated["version"] == 2
+    assert data(await client.call_tool("get_memory", {"id": mid}))["content"] == "Hosted runs PostgreSQL 17"
+
+    listed = data(await client.call_tool("list_memories", {"kind": "decision"}))
+    assert [m["id"] for m in listed["memories"]] == [mid] and listed["next_cursor"] is None
+
+    context = data(await client.call_tool("get_context", {}))
+    assert "Hosted runs PostgreSQL 17" in context["summary"]
+
+    assert data(await client.call_tool("delete_memory", {"id": mid}))["deleted"] is True
+    assert "no memory with id" in error(await client.call_tool("get_memory", {"id": mid}))
+    status = data(await client.call_tool("memory_status", {}))
+    assert (status["memories"], status["deleted"]) == (0, 1)
+
+
+async def test_storing_a_duplicate_says_so(client: Any) -> None:
+    first = data(await client.call_tool("store_memory", {"content": "Tabs, not spaces"}))
+    again = data(await client.call_tool("store_memory", {"content": "tabs,  NOT spaces"}))
+    assert again["created"] is False and again["memory"]["id"] == first["memory"]["id"]
+    assert "already stored" in again["message"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "expected"),
+    [
+        ("store_memory", {"content": "  "}, "content is empty"),
+        ("store_memory", {"content": "x" * 70_000}, "the limit is 64 KiB"),
+        ("store_memory", {"content": "ok", "kind": "opinion"}, "'fact'"),
+        ("store_memory", {"content": "ok", "importance": 11}, "less than or equal to 10"),
+        ("store_memory", {"content": "ok", "metadata": "text"}, "metadata"),
+        ("store_memory", {"content": "ok", "metadata": [1, 2]}, "metadata"),
+        ("store_memory", {}, "content"),
+        ("search_memory", {"query": "x", "limit": 0}, "greater than or equal to 1"),
+        ("search_memory", {"query": "x", "limit": 500}, "less than or equal to 100"),
+        ("search_memory", {"query": ""}, "query is empty"),
+        ("get_memory", {"id": "not-an-id"}, "expected a UUID"),
+        ("get_memory", {"id": "01936f2e-7c3a-7d4e-9b1a-2f3c4d5e6f70"}, "no memory with id"),
+        ("delete_memory", {"id": "01936f2e-7c3a-7d4e-9b1a-2f3c4d5e6f70"}, "no memory with id"),
+        ("update_memory", {"id": "01936f2e-7c3a-7d4e-9b1a-2f3c4d5e6f70", "content": "x"}, "no memory with id"),
+        ("list_memories", {"cursor": "garbage"}, "cursor 'garbage' is not valid"),
+    ],
+)
+async def test_bad_arguments_are_tool_errors_that_say_what_to_fix(client: Any, tool: str, args: dict[str, Any],
+                                                                   expected: str) -> None:
+    assert expected in error(await client.call_tool(tool, args))
+    assert data(await client.call_tool("memory_status", {}))["memories"] == 0
+
+
+async def test_a_stale_version_is_reported_as_a_conflict(client: Any) -> None:
+    mid = data(await client.call_tool("store_memory", {"content": "v1"}))["memory"]["id"]
+    data(await client.call_tool("update_memory", {"id": mid, "content": "v2"}))
+    message = error(await client.call_tool("update_memory", {"id": mid, "content": "v3", "expected_version": 1}))
+    assert "is at version 2, not 1" in message
+    assert data(await client.call_tool("get_memory", {"id": mid}))["content"] == "v2"
+
+
+async def test_list_memories_pages_with_a_cursor(client: Any) -> None:
+    for i in range(7):
+        data(await client.call_tool("store_memory", {"content": f"note {i}"}))
+    first = data(await client.call_tool("list_memories", {"limit": 5}))
+    second = data(await client.call_tool("list_memories", {"limit": 5, "cursor": first["next_cursor"]}))
+    contents = [m["content"] for m in first["memories"] + second["memories"]]
+    assert contents == [f"note {i}" for i in range(6, -1, -1)] and second["next_cursor"] is None
