@@ -41,15 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    from server.app import Runtime, build_server
+    from server.app import Runtime
+    from server.transports import serve
 
-    runtime = Runtime(settings)
-    if settings.transport == "stdio":
-        build_server(runtime).run("stdio")
-        return 0
-    from server.transports import serve_http
-
-    return serve_http(runtime)
+    return serve(Runtime(settings))
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:

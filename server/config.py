@@ -29,6 +29,7 @@ ENV_VARS: dict[str, str] = {
     "STACKMEMORY_PORT": "port for sse/http (default $PORT, else 8765)",
     "STACKMEMORY_ALLOWED_HOSTS": "extra Host header values accepted over HTTP, comma separated",
     "STACKMEMORY_ALLOWED_ORIGINS": "extra Origin values accepted over HTTP, comma separated",
+    "RAILWAY_PUBLIC_DOMAIN": "set by Railway; accepted as a Host header automatically",
     "STACKMEMORY_POOL_MIN": "PostgreSQL pool minimum connections (default 2)",
     "STACKMEMORY_POOL_MAX": "PostgreSQL pool maximum connections (default 20)",
     "STACKMEMORY_POOL_TIMEOUT": "seconds a call waits for a pooled connection (default 10)",
@@ -85,8 +86,8 @@ class Settings:
                               ("stdio", "sse", "http")),  # type: ignore[arg-type]
             host=pick("host", "STACKMEMORY_HOST", "127.0.0.1"),
             port=_int(pick("port", "STACKMEMORY_PORT", env.get("PORT") or "8765"), "STACKMEMORY_PORT", 0),
-            allowed_hosts=_csv(env.get("STACKMEMORY_ALLOWED_HOSTS", "")),
-            allowed_origins=_csv(env.get("STACKMEMORY_ALLOWED_ORIGINS", "")),
+            allowed_hosts=_csv(env.get("STACKMEMORY_ALLOWED_HOSTS", "")) + _railway(env, ""),
+            allowed_origins=_csv(env.get("STACKMEMORY_ALLOWED_ORIGINS", "")) + _railway(env, "https://"),
             pool_min=_int(env.get("STACKMEMORY_POOL_MIN", "2"), "STACKMEMORY_POOL_MIN", 0),
             pool_max=_int(env.get("STACKMEMORY_POOL_MAX", "20"), "STACKMEMORY_POOL_MAX", 1),
             pool_timeout=float(_int(env.get("STACKMEMORY_POOL_TIMEOUT", "10"), "STACKMEMORY_POOL_TIMEOUT", 1)),
@@ -164,6 +165,12 @@ def _choice(raw: str, name: str, allowed: tuple[str, ...]) -> str:
 
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _railway(env: Mapping[str, str], prefix: str) -> tuple[str, ...]:
+    """Railway names the service's public domain; accept it as a Host (and https Origin) automatically."""
+    domain = env.get("RAILWAY_PUBLIC_DOMAIN", "")
+    return (prefix + domain,) if domain else ()
 
 
 def _os_user() -> str:

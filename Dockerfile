@@ -1,0 +1,11 @@
+# Hosted StackMemory. Not built or run in this repository's CI (no Docker engine there): see README.
+FROM python:3.12-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY server ./server
+COPY tools ./tools
+RUN pip install --no-cache-dir .
+ENV STACKMEMORY_TRANSPORT=http STACKMEMORY_HOST=0.0.0.0 STACKMEMORY_PORT=8080
+EXPOSE 8080
+USER nobody
+CMD ["sh", "-c", "stackmemory db upgrade && stackmemory serve"]

@@ -1,0 +1,284 @@
+"""PostgreSQL adapter: a psycopg 3 async pool, advisory-locked migrations, tsvector keyword search."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, LiteralString, cast
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from server.config import redact_url
+from server.errors import Conflict, NotFound, StackMemoryError, StorageUnavailable
+from server.models import Memory, MemoryFilter, MemoryPatch, NewMemory, ScoredMemory, StoreStats
+from server.storage import migrations
+
+if TYPE_CHECKING:
+    Conn = psycopg.AsyncConnection[DictRow]
+
+log = logging.getLogger(__name__)
+# The queries come from our own package files, never from users, so treating them as literal is sound.
+Q = cast(dict[str, LiteralString], migrations.queries("postgres"))
+# Any constant works, as long as every StackMemory process uses the same one ("STACKMEM" in ASCII).
+MIGRATION_LOCK_KEY = 0x535441434B4D454D
+# A live duplicate can be tombstoned between our INSERT ... DO NOTHING and the SELECT that follows.
+ADD_ATTEMPTS = 3
+
+
+class PostgresStore:
+    backend: Literal["postgres"] = "postgres"
+
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 20, timeout: float = 10.0,
+                 auto_migrate: bool = True) -> None:
+        self.url = url
+        self.max_size = max_size
+        self.timeout = timeout
+        self.auto_migrate = auto_migrate
+        self.min_size = min(min_size, max_size)
+        self._pool: AsyncConnectionPool[Conn] | None = None
+
+    @property
+    def location(self) -> str:
+        return redact_url(self.url)
+
+    async def open(self) -> None:
+        # A fresh pool per open: a closed pool cannot be reopened, and a failed open closes it.
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self.url, min_size=self.min_size, max_size=self.max_size, timeout=self.timeout, open=False,
+            connection_class=psycopg.AsyncConnection[DictRow], check=AsyncConnectionPool.check_connection,
+            name="stackmemory",
+            # No server-side prepared statements: they break behind PgBouncer in transaction mode, and
+            # the optional-filter queries plan better with their actual parameters.
+            kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": None},
+        )
+        try:
+            async with self._translated():
+                await self._probe()  # fails fast with the driver's reason, instead of a pool timeout
+                await pool.open(wait=True, timeout=self.timeout)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+        try:
+            if self.auto_migrate:
+                await self.migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    # ---- connections and errors -----------------------------------------------------------------------
+
+    async def _probe(self) -> None:
+        """Connect once outside the pool, so a failure carries the server's own reason."""
+        conn = await psycopg.AsyncConnection.connect(self.url, connect_timeout=max(2, int(self.timeout)))
+        await conn.close()
+
+    def _where(self) -> str:
+        info = conninfo_to_dict(self.url)
+        host = str(info.get("host") or info.get("hostaddr") or "localhost")
+        port = str(info.get("port") or 5432)
+        return f"PostgreSQL at {host}:{port}, database {info.get('dbname') or info.get('user') or '(default)'}"
+
+    def _unreachable(self, exc: BaseException) -> str:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return (f"database unavailable: cannot reach {self._where()} ({reason}); check the server is running "
+                "and reachable and the user, password and database in STACKMEMORY_DB are right, then retry")
+
+    @asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
+        """The one place psycopg and pool errors become StackMemory errors."""
+        try:
+            yield
+        except StackMemoryError:
+            raise
+        except PoolClosed as exc:
+            raise StorageUnavailable("the PostgreSQL store is not open") from exc
+        except PoolTimeout as exc:
+            # A full pool and a dead server look the same from the queue; one direct connection tells.
+            try:
+                await self._probe()
+            except psycopg.Error as down:
+                raise StorageUnavailable(self._unreachable(down)) from exc
+            raise StorageUnavailable(
+                f"all {self.max_size} PostgreSQL connections stayed busy for {self.timeout:g}s; "
+                "retry, or raise STACKMEMORY_POOL_MAX"
+            ) from exc
+        except psycopg.errors.UniqueViolation as exc:
+            raise Conflict("another live memory in that project already has this content; "
+                           "update or delete that one instead") from exc
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(self._unreachable(exc)) from exc
+        except psycopg.Error as exc:
+            reason = " ".join(str(exc).split())
+            raise StorageUnavailable(f"PostgreSQL error on {self.location}: {reason}") from exc
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        pool = self._pool
+        if pool is None:
+            raise StorageUnavailable("the PostgreSQL store is not open")
+        async with self._translated(), pool.connection() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Conn]:
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    async def _fetch(self, name: str, params: dict[str, Any]) -> list[DictRow]:
+        async with self._connection() as conn:
+            cur = await conn.execute(Q[name], params)
+            return await cur.fetchall()
+
+    async def migrate(self) -> int:
+        async with self._connection() as conn:
+            # A session lock, so each migration can still commit in its own transaction; a second
+            # process waits here and then finds the work done. A dropped connection releases it.
+            await conn.execute(Q["lock_migrations"], {"key": MIGRATION_LOCK_KEY})
+            try:
+                await conn.execute(Q["create_schema_migrations"])
+                cur = await conn.execute(Q["applied_migrations"])
+                applied = {row["version"]: row["checksum"] for row in await cur.fetchall()}
+                for m in migrations.pending("postgres", applied):
+                    log.info("applying PostgreSQL migration %04d_%s", m.version, m.name)
+                    async with conn.transaction():
+                        await conn.execute(cast(LiteralString, m.sql))
+                        await conn.execute(Q["record_migration"],
+                                           {"version": m.version, "name": m.name, "checksum": m.checksum})
+            finally:
+                if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+                    await conn.execute(Q["unlock_migrations"], {"key": MIGRATION_LOCK_KEY})
+        return migrations.latest_version("postgres")
+
+    async def ping(self) -> int:
+        async with self._connection() as conn:
+            cur = await conn.execute(Q["has_schema_migrations"])
+            present = await cur.fetchone()
+            if not present or not present["present"]:
+                return 0
+            cur = await conn.execute(Q["schema_version"])
+            row = await cur.fetchone()
+        return int(row["version"]) if row else 0
+
+    # ---- memories -------------------------------------------------------------------------------------
+
+    async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
+        params = new.model_dump()
+        params.update(tags=Jsonb(new.tags), metadata=Jsonb(new.metadata))
+        async with self._connection() as conn:
+            for _ in range(ADD_ATTEMPTS):
+                # ON CONFLICT makes two concurrent adds of one text insert once; the loser reads the winner.
+                cur = await conn.execute(Q["insert_memory"], params)
+                row = await cur.fetchone()
+                if row is not None:
+                    return _memory(row), True
+                cur = await conn.execute(Q["find_duplicate"], params)
+                existing = await cur.fetchone()
+                if existing is not None:
+                    return _memory(existing), False
+        raise StorageUnavailable("the memory kept colliding with concurrent changes to the same content; retry")
+
+    async def get_memory(self, memory_id: str) -> Memory | None:
+        rows = await self._fetch("get_memory", {"id": memory_id})
+        return _memory(rows[0]) if rows else None
+
+    async def update_memory(self, memory_id: str, patch: MemoryPatch, expected_version: int | None,
+                            now: datetime) -> Memory:
+        async with self._transaction() as conn:
+            cur = await conn.execute(Q["lock_memory"], {"id": memory_id})
+            row = await cur.fetchone()
+            if row is None or row["deleted_at"] is not None:
+                raise NotFound(f"no memory with id {memory_id}; it may have been deleted")
+            current = _memory(row)
+            if expected_version is not None and current.version != expected_version:
+                raise Conflict(
+                    f"memory {memory_id} is at version {current.version}, not {expected_version}: someone "
+                    "changed it since you read it; get_memory it again and reapply your change"
+                )
+            merged = _merge(current, patch, row["content_hash"])
+            if merged["content_hash"] != row["content_hash"] or merged["project"] != current.project:
+                cur = await conn.execute(Q["find_duplicate"], merged)
+                clash = await cur.fetchone()
+                if clash is not None and clash["id"] != memory_id:
+                    raise Conflict(f"memory {clash['id']} in project {merged['project']!r} already has "
+                                   "this content; update or delete that one instead")
+            merged.update(id=memory_id, now=now, version=current.version)
+            cur = await conn.execute(Q["update_memory"], merged)
+            updated = await cur.fetchone()
+        assert updated is not None  # the row is locked, so nothing changed it since we read it
+        return _memory(updated)
+
+    async def delete_memory(self, memory_id: str, now: datetime) -> Memory:
+        rows = await self._fetch("tombstone_memory", {"id": memory_id, "now": now})
+        if not rows:
+            raise NotFound(f"no memory with id {memory_id}; it may already be deleted")
+        return _memory(rows[0])
+
+    async def list_memories(self, where: MemoryFilter, limit: int, cursor: str | None) -> list[Memory]:
+        rows = await self._fetch("list_memories", {**_filter(where), "limit": limit, "cursor": cursor})
+        return [_memory(r) for r in rows]
+
+    async def top_memories(self, where: MemoryFilter, limit: int) -> list[Memory]:
+        rows = await self._fetch("top_memories", {**_filter(where), "limit": limit})
+        return [_memory(r) for r in rows]
+
+    async def search_keyword(self, terms: list[str], where: MemoryFilter, limit: int) -> list[ScoredMemory]:
+        if not terms:
+            return []
+        # The terms are plain words, so "a or b" in web-search syntax is exactly "any of them".
+        query = " or ".join(terms)
+        rows = await self._fetch("search_keyword", {**_filter(where), "limit": limit, "q": query})
+        return [ScoredMemory(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
+
+    async def stats(self, now: datetime) -> StoreStats:
+        (row,) = await self._fetch("stats", {"now": now})
+        kinds = await self._fetch("count_by_kind", {"now": now})
+        return StoreStats(backend="postgres", location=self.location, schema_version=await self.ping(),
+                          memories=row["live"], deleted=row["deleted"], expired=row["expired"],
+                          by_kind={k["kind"]: k["n"] for k in kinds}, projects=row["projects"])
+
+
+def _filter(where: MemoryFilter) -> dict[str, Any]:
+    return {
+        "project": where.project,
+        "kinds": list(where.kinds) if where.kinds else None,
+        "tags": Jsonb(where.tags) if where.tags else None,
+        "since": where.since,
+        "until": where.until,
+        "now": where.now,
+    }
+
+
+def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, Any]:
+    expires = None if patch.clear_expiry else (patch.expires_at or current.expires_at)
+    return {
+        "content": patch.content if patch.content is not None else current.content,
+        "content_hash": patch.content_hash or content_hash,
+        "kind": patch.kind or current.kind,
+        "tags": Jsonb(patch.tags if patch.tags is not None else current.tags),
+        "project": patch.project or current.project,
+        "importance": patch.importance if patch.importance is not None else current.importance,
+        "metadata": Jsonb(patch.metadata if patch.metadata is not None else current.metadata),
+        "expires_at": expires,
+    }
+
+
+def _memory(row: DictRow) -> Memory:
+    return Memory(
+        id=row["id"], content=row["content"], kind=row["kind"], tags=row["tags"], project=row["project"],
+        importance=row["importance"], metadata=row["metadata"], author=row["author"],
+        created_at=row["created_at"], updated_at=row["updated_at"], expires_at=row["expires_at"],
+        version=row["version"], deleted_at=row["deleted_at"],
+    )
