@@ -123,8 +123,27 @@ async def cold_start(make: Callable[[], StdioServerParameters], runs: int) -> fl
     return statistics.median(times)
 
 
+VALIDATION: dict[str, list[float]] = {}  # client-side outputSchema validation seconds, per tool
+
+
+def watch_validation(c: Client) -> None:
+    """Time the client's jsonschema check of structuredContent (it runs inside every call_tool)."""
+    session = c.session
+    orig = session.validate_tool_result
+
+    async def timed(name: str, result: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            await orig(name, result)
+        finally:
+            VALIDATION.setdefault(name, []).append(time.perf_counter() - t0)
+
+    session.validate_tool_result = timed  # type: ignore[method-assign]
+
+
 async def timed_calls(c: Client, name: str, calls: list[dict[str, Any]]) -> tuple[list[float], float]:
     """Per-call seconds and total wall seconds; any tool error aborts the run."""
+    VALIDATION.pop(name, None)
     lat: list[float] = []
     start = time.perf_counter()
     for args in calls:
@@ -227,6 +246,8 @@ async def run(a: argparse.Namespace) -> None:
     floor_cold = await cold_start(lambda: params([NOOP]), a.cold_runs)
     noop_args = [{"text": make_memory(rng)["content"]} for _ in range(a.noop_calls)]
     async with Client(params([NOOP])) as c:
+        await c.list_tools()
+        watch_validation(c)
         await timed_calls(c, "noop", noop_args[:50])  # warm-up
         noop_lat, noop_wall = await timed_calls(c, "noop", noop_args)
     print(f"floor: cold {floor_cold * 1000:.0f} ms, rtt p50 {pct(noop_lat, 50) * 1e3:.3f} ms", flush=True)
@@ -250,6 +271,7 @@ async def run(a: argparse.Namespace) -> None:
     queries = [{"query": make_query(rng), "limit": 10} for _ in range(a.searches)]
     async with Client(params(["-m", "server", "serve"], sm_env(db))) as c:
         await c.list_tools()
+        watch_validation(c)
         store_lat, store_wall = await timed_calls(c, "store_memory", mcp_stores)
         print(f"stored {len(store_lat):,} in {store_wall:.1f} s", flush=True)
         await timed_calls(c, "search_memory", queries[:20])  # warm-up (page cache, statement cache)
@@ -282,6 +304,8 @@ async def run(a: argparse.Namespace) -> None:
     parts = [("MCP stdio round trip (no-op floor)", noop_lat), ("MemoryService.store (in-process)", svc_lat),
              ("  of which SQLiteStore.add_memory", add_lat), ("MCP search_memory", search_lat),
              ("MemoryService.search (in-process)", svc_search)]
+    parts += [(f"client-side outputSchema check in {t}", VALIDATION[t]) for t in ("noop", "store_memory",
+                                                                                  "search_memory")]
     for name, lat in parts:
         print(f"| {name} | {pct(lat, 50) * 1e3:.3f} ms | {pct(lat, 99) * 1e3:.3f} ms |")
     rest = st50 - noop50 - svc50

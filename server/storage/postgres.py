@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, LiteralString, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg import pq
@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     Conn = psycopg.AsyncConnection[DictRow]
 
 log = logging.getLogger(__name__)
-# The queries come from our own package files, never from users, so treating them as literal is sound.
-Q = cast(dict[str, LiteralString], migrations.queries("postgres"))
+Q = migrations.queries("postgres")
 # Any constant works, as long as every StackMemory process uses the same one ("STACKMEM" in ASCII).
 MIGRATION_LOCK_KEY = 0x535441434B4D454D
 # A live duplicate can be tombstoned between our INSERT ... DO NOTHING and the SELECT that follows.
@@ -154,7 +153,7 @@ class PostgresStore:
                 for m in migrations.pending("postgres", applied):
                     log.info("applying PostgreSQL migration %04d_%s", m.version, m.name)
                     async with conn.transaction():
-                        await conn.execute(cast(LiteralString, m.sql))
+                        await conn.execute(m.sql)
                         await conn.execute(Q["record_migration"],
                                            {"version": m.version, "name": m.name, "checksum": m.checksum})
             finally:
