@@ -106,11 +106,11 @@ def _human(command: str, result: Any) -> str:
     from server.models import Memory
 
     if command == "store":
-        return f"{result.message}\n\n{_table([result.memory])}"
+        return f"{result.message}\n\n{_table([result])}"
     if command == "search":
         if not result.results:
             return result.note or "no memories matched"
-        rows = [[f"{h.score:.3f}", h.memory.id, h.memory.kind, h.memory.project, _short(h.memory.content), h.reason]
+        rows = [[f"{h.score:.3f}", h.id, h.kind, h.project, _short(h.content), h.reason]
                 for h in result.results]
         return _grid(["score", "id", "kind", "project", "content", "why"], rows)
     if command == "list":
@@ -131,7 +131,10 @@ def _table(memories: list[Any]) -> str:
 
 def _grid(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+
+    def line(row: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 

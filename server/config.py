@@ -176,5 +176,5 @@ def _railway(env: Mapping[str, str], prefix: str) -> tuple[str, ...]:
 def _os_user() -> str:
     try:
         return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
+    except (KeyError, OSError):  # no passwd entry in some containers
         return "local"

@@ -7,7 +7,7 @@ if __package__ in (None, ""):
     # Run as `python server/main.py`: make the folder holding server/ and tools/ importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.cli import main  # noqa: E402
+from server.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["serve", *sys.argv[1:]]))

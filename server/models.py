@@ -97,16 +97,31 @@ class StoreStats(BaseModel):
 # ---- tool results -----------------------------------------------------------------------------------
 
 
-class StoreResult(BaseModel):
-    memory: Memory
+class StoreResult(Memory):
+    """The stored memory itself, plus whether it was new."""
+
     created: bool = Field(description="False when identical content was already stored in this project.")
     message: str
 
 
 class SearchHit(BaseModel):
-    memory: Memory
+    """A memory as search returns it: flat and compact (get_memory has every field)."""
+
+    id: str
+    content: str
+    kind: Kind
+    project: str
+    tags: list[str]
+    importance: int
+    created_at: datetime
     score: float = Field(description="Higher is better; comparable only within one search.")
     reason: str = Field(description="Why this memory matched, e.g. the query terms it contains.")
+
+    @classmethod
+    def of(cls, memory: Memory, score: float, reason: str) -> SearchHit:
+        return cls(id=memory.id, content=memory.content, kind=memory.kind, project=memory.project,
+                   tags=memory.tags, importance=memory.importance, created_at=memory.created_at,
+                   score=score, reason=reason)
 
 
 class SearchResult(BaseModel):

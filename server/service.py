@@ -63,7 +63,7 @@ class MemoryService:
         message = ("stored" if created else
                    f"identical content is already stored in project {memory.project!r} as {memory.id}; "
                    "returned that memory instead of a duplicate")
-        return StoreResult(memory=memory, created=created, message=message)
+        return StoreResult(**memory.model_dump(), created=created, message=message)
 
     async def update(self, memory_id: str, *, content: str | None = None, kind: str | None = None,
                      tags: list[str] | None = None, project: str | None = None, importance: int | None = None,
@@ -116,8 +116,7 @@ class MemoryService:
             return SearchResult(query=query, mode="keyword", results=[],
                                 note="the query has no searchable words (letters or digits); nothing matched")
         found = await self.storage.search_keyword(terms, where, _limit(limit, 100))
-        hits = [SearchHit(memory=s.memory, score=round(s.score, 6), reason=_reason(terms, s.memory))
-                for s in found]
+        hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory)) for s in found]
         return SearchResult(query=query, mode="keyword", results=hits)
 
     async def list_memories(self, project: str | None = None, kind: str | None = None, tags: list[str] | None = None,

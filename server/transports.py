@@ -43,11 +43,11 @@ def build_http_app(runtime: Runtime, transport: str) -> Starlette:
 
     server = build_server(runtime)
 
-    @server.custom_route("/healthz", methods=["GET"])
+    @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    @server.custom_route("/readyz", methods=["GET"])
+    @server.custom_route("/readyz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def readyz(_: Request) -> Response:
         try:
             storage = runtime.service.storage

@@ -25,9 +25,9 @@ def ok(db: str, *args: str) -> Any:
 def test_a_person_can_store_search_list_get_and_delete_from_the_shell(tmp_path: Path) -> None:
     db = str(tmp_path / "cli.db")
     stored = ok(db, "store", "Releases are cut on Thursdays", "--kind", "decision", "--tags", "release,process")
-    mid = stored["memory"]["id"]
-    assert stored["memory"]["tags"] == ["release", "process"]
-    assert [r["memory"]["id"] for r in ok(db, "search", "when are releases cut")["results"]] == [mid]
+    mid = stored["id"]
+    assert stored["tags"] == ["release", "process"]
+    assert [r["id"] for r in ok(db, "search", "when are releases cut")["results"]] == [mid]
     assert [m["id"] for m in ok(db, "list")["memories"]] == [mid]
     assert ok(db, "get", mid)["content"] == "Releases are cut on Thursdays"
     table = run(db, "search", "releases")

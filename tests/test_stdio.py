@@ -26,7 +26,7 @@ async def test_memories_persist_across_server_restarts(db_target: str) -> None:
         assert not stored.is_error
     async with Client(stdio(db_target)) as c:
         found = await c.call_tool("search_memory", {"query": "api versioned"})
-        assert [r["memory"]["content"] for r in found.structured_content["results"]] == [
+        assert [r["content"] for r in found.structured_content["results"]] == [
             "The API is versioned by URL prefix /v2"]
         status = (await c.call_tool("memory_status", {})).structured_content
         assert status["memories"] == 1 and status["reason"] == "STACKMEMORY_DB is set"

@@ -20,25 +20,25 @@ async def count(svc: MemoryService) -> int:
 async def test_a_stored_memory_comes_back_with_every_field(svc: MemoryService) -> None:
     result = await svc.store("We deploy with Railway", "decision", ["deploy", "infra"], None, 8,
                              {"pr": 42, "nested": {"ok": True}})
-    m = result.memory
+    m = result
     assert result.created is True
     assert (m.content, m.kind, m.tags, m.project, m.importance) == ("We deploy with Railway", "decision",
                                                                      ["deploy", "infra"], "demo", 8)
     assert m.metadata == {"pr": 42, "nested": {"ok": True}}
     assert m.author == "tester" and m.version == 1 and m.deleted_at is None
     assert m.created_at.tzinfo is not None and m.created_at == m.updated_at
-    assert await svc.get(m.id) == m
+    assert (await svc.get(m.id)).model_dump() == m.model_dump(exclude={"created", "message"})
 
 
 async def test_ids_sort_in_creation_order(svc: MemoryService) -> None:
-    ids = [(await svc.store(f"memory number {i}")).memory.id for i in range(5)]
+    ids = [(await svc.store(f"memory number {i}")).id for i in range(5)]
     assert ids == sorted(ids)
 
 
 async def test_storing_the_same_content_again_returns_the_existing_memory(svc: MemoryService) -> None:
     first = await svc.store("Use  ruff for   linting", "preference")
     again = await svc.store("use ruff for linting\n", "note")
-    assert again.created is False and again.memory.id == first.memory.id
+    assert again.created is False and again.id == first.id
     assert "already stored" in again.message
     other_project = await svc.store("Use ruff for linting", project="elsewhere")
     assert other_project.created is True
@@ -47,25 +47,25 @@ async def test_storing_the_same_content_again_returns_the_existing_memory(svc: M
 
 async def test_unicode_and_emoji_survive_a_round_trip(svc: MemoryService) -> None:
     text = "Zürich café naïve 日本語 🚀 — “quotes” and 'apostrophes' \\ backslash"
-    m = (await svc.store(text, tags=["ünï", "🚀"])).memory
+    m = (await svc.store(text, tags=["ünï", "🚀"]))
     assert (await svc.get(m.id)).content == text
     assert (await svc.get(m.id)).tags == ["ünï", "🚀"]
     hits = await svc.search("café")
-    assert [h.memory.id for h in hits.results] == [m.id]
+    assert [h.id for h in hits.results] == [m.id]
 
 
 async def test_update_changes_fields_and_bumps_the_version(svc: MemoryService) -> None:
-    m = (await svc.store("Cache TTL is 5 minutes", "fact", ["cache"])).memory
+    m = (await svc.store("Cache TTL is 5 minutes", "fact", ["cache"]))
     updated = await svc.update(m.id, content="Cache TTL is 10 minutes", importance=9, tags=["cache", "perf"],
                                expected_version=1)
     assert (updated.content, updated.importance, updated.tags, updated.version) == (
         "Cache TTL is 10 minutes", 9, ["cache", "perf"], 2)
     assert updated.kind == "fact" and updated.updated_at > m.updated_at and updated.created_at == m.created_at
-    assert [h.memory.id for h in (await svc.search("10 minutes")).results][:1] == [m.id]
+    assert [h.id for h in (await svc.search("10 minutes")).results][:1] == [m.id]
 
 
 async def test_a_stale_expected_version_is_a_conflict_and_changes_nothing(svc: MemoryService) -> None:
-    m = (await svc.store("Original text")).memory
+    m = (await svc.store("Original text"))
     await svc.update(m.id, content="Second text", expected_version=1)
     with pytest.raises(Conflict, match="version 2, not 1"):
         await svc.update(m.id, content="Lost update", expected_version=1)
@@ -74,7 +74,7 @@ async def test_a_stale_expected_version_is_a_conflict_and_changes_nothing(svc: M
 
 
 async def test_updating_into_a_duplicate_of_another_memory_is_a_conflict(svc: MemoryService) -> None:
-    a = (await svc.store("alpha fact")).memory
+    a = (await svc.store("alpha fact"))
     await svc.store("beta fact")
     with pytest.raises(Conflict, match="already has this content"):
         await svc.update(a.id, content="Beta  FACT")
@@ -82,7 +82,7 @@ async def test_updating_into_a_duplicate_of_another_memory_is_a_conflict(svc: Me
 
 
 async def test_delete_leaves_a_tombstone_and_hides_the_memory(svc: MemoryService, store: Any) -> None:
-    m = (await svc.store("Temporary workaround for bug 12", "todo")).memory
+    m = (await svc.store("Temporary workaround for bug 12", "todo"))
     deleted = await svc.delete(m.id)
     assert deleted.deleted is True
     with pytest.raises(NotFound):
@@ -96,7 +96,7 @@ async def test_delete_leaves_a_tombstone_and_hides_the_memory(svc: MemoryService
     with pytest.raises(NotFound):
         await svc.update(m.id, content="revive")
     again = await svc.store("Temporary workaround for bug 12", "todo")
-    assert again.created is True and again.memory.id != m.id
+    assert again.created is True and again.id != m.id
     stats = await svc.status()
     assert (stats.memories, stats.deleted) == (1, 1)
 
@@ -110,7 +110,7 @@ async def test_unknown_and_malformed_ids_are_clear_errors(svc: MemoryService) ->
 
 
 async def test_list_pages_are_stable_and_complete(svc: MemoryService) -> None:
-    ids = [(await svc.store(f"page item {i}")).memory.id for i in range(25)]
+    ids = [(await svc.store(f"page item {i}")).id for i in range(25)]
     seen: list[str] = []
     cursor = None
     pages = 0
@@ -138,24 +138,24 @@ async def test_list_filters_by_project_kind_and_tags(svc: MemoryService) -> None
 
 
 async def test_search_ranks_the_best_match_first_and_says_why(svc: MemoryService) -> None:
-    best = (await svc.store("PostgreSQL connection pool size is 20 for the PostgreSQL primary")).memory
+    best = (await svc.store("PostgreSQL connection pool size is 20 for the PostgreSQL primary"))
     await svc.store("The pool table in the office is broken")
     await svc.store("Unrelated note about lunch")
     result = await svc.search("postgresql pool size")
     assert result.mode == "keyword"
-    assert result.results[0].memory.id == best.id
+    assert result.results[0].id == best.id
     assert "postgresql" in result.results[0].reason and "pool" in result.results[0].reason
     assert result.results[0].score > result.results[1].score
     assert len(result.results) == 2
 
 
 async def test_search_honours_every_filter(svc: MemoryService) -> None:
-    old = (await svc.store("redis cache decision", "decision", ["cache"], "api")).memory
+    old = (await svc.store("redis cache decision", "decision", ["cache"], "api"))
     await svc.store("redis cache note", "note", ["cache", "ops"], "api")
     await svc.store("redis cache elsewhere", "decision", ["cache"], "web")
     await svc.store("redis cache expiring", "fact", ["cache"], "api",
                     expires_at=datetime.now(UTC) + timedelta(milliseconds=300))
-    ids = lambda r: {h.memory.content for h in r.results}  # noqa: E731
+    ids = lambda r: {h.content for h in r.results}
     assert ids(await svc.search("redis", project="api", kinds=["decision"])) == {"redis cache decision"}
     assert ids(await svc.search("redis", tags=["cache", "ops"])) == {"redis cache note"}
     assert ids(await svc.search("redis", until=old.created_at + timedelta(microseconds=1))) == {
@@ -168,6 +168,15 @@ async def test_search_honours_every_filter(svc: MemoryService) -> None:
     await anyio.sleep(0.35)
     assert "redis cache expiring" not in ids(await svc.search("redis"))
     assert (await svc.status()).expired == 1
+
+
+async def test_a_filtered_search_finds_matches_ranked_below_many_others(svc: MemoryService) -> None:
+    for i in range(80):
+        await svc.store(f"alpha alpha alpha release note {i}", project="busy")
+    quiet = (await svc.store("one alpha mention among many other words in a long sentence", project="quiet"))
+    result = await svc.search("alpha", project="quiet")
+    assert [h.id for h in result.results] == [quiet.id]
+    assert len((await svc.search("alpha", limit=100)).results) == 81
 
 
 HOSTILE_QUERIES = [
@@ -187,8 +196,8 @@ async def test_search_treats_query_syntax_as_plain_text(svc: MemoryService, quer
 
 
 async def test_search_finds_words_that_look_like_operators(svc: MemoryService) -> None:
-    m = (await svc.store("Use NEAR-zero downtime deploys AND blue green")).memory
-    assert [h.memory.id for h in (await svc.search("NEAR AND")).results] == [m.id]
+    m = (await svc.store("Use NEAR-zero downtime deploys AND blue green"))
+    assert [h.id for h in (await svc.search("NEAR AND")).results] == [m.id]
 
 
 @pytest.mark.parametrize(
@@ -249,7 +258,7 @@ async def test_reopening_a_database_keeps_everything(db_target: str, settings_fo
 
     rt = Runtime(settings_for(db_target))
     async with rt.session() as svc:
-        m = (await svc.store("survives restarts")).memory
+        m = (await svc.store("survives restarts"))
     async with Runtime(settings_for(db_target)).session() as svc:
         assert (await svc.get(m.id)).content == "survives restarts"
         assert (await svc.status()).schema_version >= 1

@@ -42,13 +42,13 @@ async def test_an_assistant_can_store_find_update_and_delete_a_memory(client: An
     stored = data(await client.call_tool("store_memory", {
         "content": "Hosted deployments run on PostgreSQL 16", "kind": "decision", "tags": ["db"],
         "importance": 8, "metadata": {"source": "adr-7"}}))
-    mid = stored["memory"]["id"]
-    assert stored["created"] is True and stored["memory"]["project"] == "demo"
+    mid = stored["id"]
+    assert stored["created"] is True and stored["project"] == "demo"
 
     found = data(await client.call_tool("search_memory", {"query": "which PostgreSQL version?"}))
     assert found["mode"] == "keyword"
-    assert [r["memory"]["id"] for r in found["results"]] == [mid]
-    assert found["results"][0]["memory"]["content"] == "Hosted deployments run on PostgreSQL 16"
+    assert [r["id"] for r in found["results"]] == [mid]
+    assert found["results"][0]["content"] == "Hosted deployments run on PostgreSQL 16"
     assert "postgresql" in found["results"][0]["reason"]
 
     updated = data(await client.call_tool("update_memory", {"id": mid, "content": "Hosted runs PostgreSQL 17",
@@ -71,7 +71,7 @@ async def test_an_assistant_can_store_find_update_and_delete_a_memory(client: An
 async def test_storing_a_duplicate_says_so(client: Any) -> None:
     first = data(await client.call_tool("store_memory", {"content": "Tabs, not spaces"}))
     again = data(await client.call_tool("store_memory", {"content": "tabs,  NOT spaces"}))
-    assert again["created"] is False and again["memory"]["id"] == first["memory"]["id"]
+    assert again["created"] is False and again["id"] == first["id"]
     assert "already stored" in again["message"]
 
 
@@ -102,7 +102,7 @@ async def test_bad_arguments_are_tool_errors_that_say_what_to_fix(client: Any, t
 
 
 async def test_a_stale_version_is_reported_as_a_conflict(client: Any) -> None:
-    mid = data(await client.call_tool("store_memory", {"content": "v1"}))["memory"]["id"]
+    mid = data(await client.call_tool("store_memory", {"content": "v1"}))["id"]
     data(await client.call_tool("update_memory", {"id": mid, "content": "v2"}))
     message = error(await client.call_tool("update_memory", {"id": mid, "content": "v3", "expected_version": 1}))
     assert "is at version 2, not 1" in message

@@ -91,8 +91,8 @@ async def test_every_tool_works_over_the_network(served: Served) -> None:
         names = {t.name for t in (await c.list_tools()).tools}
         assert "search_memory" in names and len(names) == 8
         mid = data(await c.call_tool("store_memory", {"content": "Staging lives at staging.example.com",
-                                                      "kind": "fact", "tags": ["env"]}))["memory"]["id"]
-        assert [r["memory"]["id"] for r in data(await c.call_tool("search_memory", {"query": "staging"}))["results"]
+                                                      "kind": "fact", "tags": ["env"]}))["id"]
+        assert [r["id"] for r in data(await c.call_tool("search_memory", {"query": "staging"}))["results"]
                 ] == [mid]
         assert data(await c.call_tool("update_memory", {"id": mid, "importance": 9}))["version"] == 2
         assert data(await c.call_tool("get_memory", {"id": mid}))["importance"] == 9

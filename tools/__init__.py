@@ -5,20 +5,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel
 
 from server.errors import StackMemoryError
 from server.service import MemoryService
 
 P = ParamSpec("P")
-R = TypeVar("R")
 
 
-def service(ctx: Context) -> MemoryService:
+async def service(ctx: Context) -> MemoryService:
     """Resolver: the MemoryService the server's lifespan opened (kept out of the model-facing schema)."""
     svc = ctx.request_context.lifespan_context
     if not isinstance(svc, MemoryService):
@@ -26,15 +26,20 @@ def service(ctx: Context) -> MemoryService:
     return svc
 
 
-def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn StackMemory's own errors into ToolError so the model reads what was wrong and what to do."""
+def translated(fn: Callable[P, Awaitable[BaseModel]]) -> Callable[P, Awaitable[CallToolResult]]:
+    """Run a tool: StackMemory's own errors become ToolError (the model reads what was wrong and what to
+    do), and the result is sent as structured content plus the same JSON, compact, as text (no
+    indentation: every token of a search result the model reads is content, not whitespace)."""
 
     @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> CallToolResult:
         try:
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
         except StackMemoryError as exc:
             raise ToolError(str(exc)) from exc
+        text = result.model_dump_json(exclude_none=False)
+        return CallToolResult(content=[TextContent(type="text", text=text)],
+                              structured_content=result.model_dump(mode="json"))
 
     return wrapper
 
@@ -47,10 +52,10 @@ class ToolSpec:
 
 
 def spec(title: str, *, read_only: bool, destructive: bool = False, idempotent: bool = False
-         ) -> Callable[[Callable[P, Awaitable[R]]], ToolSpec]:
+         ) -> Callable[[Callable[P, Awaitable[BaseModel]]], ToolSpec]:
     """Describe a tool for registration by the composition root (server/app.py)."""
 
-    def wrap(fn: Callable[P, Awaitable[R]]) -> ToolSpec:
+    def wrap(fn: Callable[P, Awaitable[BaseModel]]) -> ToolSpec:
         hints = ToolAnnotations(title=title, read_only_hint=read_only, destructive_hint=destructive,
                                 idempotent_hint=idempotent, open_world_hint=False)
         return ToolSpec(fn=translated(fn), title=title, annotations=hints)

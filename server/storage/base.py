@@ -11,7 +11,10 @@ from server.models import Memory, MemoryFilter, MemoryPatch, NewMemory, ScoredMe
 class Storage(Protocol):
     """A place memories live. Adapters raise only server.errors exceptions."""
 
-    backend: Literal["sqlite", "postgres"]
+    @property
+    def backend(self) -> Literal["sqlite", "postgres"]:
+        """Also the name of the SQL dialect folder."""
+        ...
 
     @property
     def location(self) -> str:

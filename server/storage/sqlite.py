@@ -97,6 +97,16 @@ class SQLiteStore:
                     await db.execute("ROLLBACK")
                 raise
 
+    @asynccontextmanager
+    async def _statement(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer connection for a single autocommit statement (atomic on its own)."""
+        db = self._writer
+        if db is None:
+            raise StorageUnavailable("the SQLite store is not open")
+        async with self._lock:
+            with _translated(self.path):
+                yield db
+
     async def _fetch(self, name: str, params: dict[str, Any]) -> list[sqlite3.Row]:
         db = self._reader or self._writer
         if db is None:
@@ -145,20 +155,18 @@ class SQLiteStore:
     # ---- memories -------------------------------------------------------------------------------------
 
     async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
-        async with self._write() as db:
-            async with db.execute(Q["find_duplicate"], {"project": new.project,
-                                                        "content_hash": new.content_hash}) as cur:
-                existing = await cur.fetchone()
-            if existing is not None:
-                return _memory(existing), False
-            params = new.model_dump()
-            params.update(tags=_json(new.tags), metadata=_json(new.metadata),
-                          created_at=ts(new.created_at), expires_at=ts(new.expires_at))
-            await db.execute(Q["insert_memory"], params)
-            async with db.execute(Q["get_memory"], {"id": new.id}) as cur:
-                row = await cur.fetchone()
-        assert row is not None
-        return _memory(row), True
+        params = new.model_dump()
+        params.update(tags=_json(new.tags), metadata=_json(new.metadata),
+                      created_at=ts(new.created_at), expires_at=ts(new.expires_at))
+        # One statement, so it is atomic without an explicit transaction: one trip to the driver thread.
+        async with self._statement() as db, db.execute(Q["insert_memory"], params) as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            return _memory(row), True
+        rows = await self._fetch("find_duplicate", params)
+        if not rows:  # the duplicate was deleted in between: store it after all
+            return await self.add_memory(new)
+        return _memory(rows[0]), False
 
     async def get_memory(self, memory_id: str) -> Memory | None:
         rows = await self._fetch("get_memory", {"id": memory_id})
@@ -191,9 +199,9 @@ class SQLiteStore:
         return _memory(updated)
 
     async def delete_memory(self, memory_id: str, now: datetime) -> Memory:
-        async with self._write() as db:
-            async with db.execute(Q["tombstone_memory"], {"id": memory_id, "now": ts(now)}) as cur:
-                row = await cur.fetchone()
+        async with self._statement() as db, db.execute(Q["tombstone_memory"], {"id": memory_id,
+                                                                                 "now": ts(now)}) as cur:
+            row = await cur.fetchone()
         if row is None:
             raise NotFound(f"no memory with id {memory_id}; it may already be deleted")
         return _memory(row)
@@ -211,7 +219,11 @@ class SQLiteStore:
             return []
         # Each term is quoted as an FTS5 string, so no user text is ever parsed as query syntax.
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-        rows = await self._fetch("search_keyword", {**_filter(where), "limit": limit, "match": match})
+        pool = max(50, limit * 5)
+        params = {**_filter(where), "limit": limit, "match": match, "pool": pool}
+        rows = await self._fetch("search_keyword", params)
+        if len(rows) < limit and (not rows or rows[0]["pooled"] == pool):
+            rows = await self._fetch("search_keyword_all", params)
         return [ScoredMemory(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
 
     async def stats(self, now: datetime) -> StoreStats:

