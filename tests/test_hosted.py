@@ -84,3 +84,15 @@ async def test_a_client_that_disconnects_mid_call_leaks_no_connection(pg_url: st
         assert all(state == "idle" for state in app_connections(pg_url))
     finally:
         served.stop()
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_an_unreachable_database_at_start_is_one_line_and_a_non_zero_exit(transport: str) -> None:
+    from tests.conftest import PYTHON, server_env
+
+    result = await anyio.run_process([PYTHON, "-m", "server", "serve", "--transport", transport], check=False,
+                                     env=server_env("postgresql://app:hunter2@127.0.0.1:1/memdb"))
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1
+    assert len(lines) == 1 and "127.0.0.1:1" in lines[0] and "memdb" in lines[0]
+    assert "hunter2" not in lines[0]
