@@ -85,7 +85,10 @@ def serve_http(runtime: Runtime) -> int:
         async with runtime.session():
             app = build_http_app(runtime, s.transport)
             config = uvicorn.Config(app, host=s.host, port=s.port, log_level=s.log_level.lower(),
-                                    lifespan="on", server_header=False, timeout_graceful_shutdown=5)
+                                    lifespan="on", server_header=False, timeout_graceful_shutdown=5,
+                                    # Longer than clients' own keep-alive (httpx: 5 s), so the server never
+                                    # closes a connection at the moment a client reuses it.
+                                    timeout_keep_alive=75)
             await uvicorn.Server(config).serve()
 
     anyio.run(main)

@@ -102,9 +102,10 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
 
 -- name: search_keyword
 -- websearch_to_tsquery never raises on odd input; a query of only stop words is empty and matches nothing.
+-- ts_rank, not ts_rank_cd: every OR match is ranked, and ts_rank costs about 2.5x less per row here.
 SELECT m.id, m.content, m.content_hash, m.kind, m.tags, m.project, m.importance, m.metadata, m.author,
        m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at,
-       ts_rank_cd(m.search, q.query) AS score
+       ts_rank(m.search, q.query) AS score
   FROM memories AS m, websearch_to_tsquery('english', %(q)s) AS q (query)
  WHERE m.search @@ q.query
    AND m.deleted_at IS NULL
