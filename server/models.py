@@ -119,9 +119,9 @@ class SearchHit(BaseModel):
 
     @classmethod
     def of(cls, memory: Memory, score: float, reason: str) -> SearchHit:
-        return cls(id=memory.id, content=memory.content, kind=memory.kind, project=memory.project,
-                   tags=memory.tags, importance=memory.importance, created_at=memory.created_at,
-                   score=score, reason=reason)
+        return cls.model_construct(id=memory.id, content=memory.content, kind=memory.kind,
+                                   project=memory.project, tags=memory.tags, importance=memory.importance,
+                                   created_at=memory.created_at, score=score, reason=reason)
 
 
 class SearchResult(BaseModel):

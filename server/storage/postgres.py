@@ -239,7 +239,7 @@ class PostgresStore:
         # The terms are plain words, so "a or b" in web-search syntax is exactly "any of them".
         query = " or ".join(terms)
         rows = await self._fetch("search_keyword", {**_filter(where), "limit": limit, "q": query})
-        return [ScoredMemory(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
+        return [ScoredMemory.model_construct(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
 
     async def stats(self, now: datetime) -> StoreStats:
         (row,) = await self._fetch("stats", {"now": now})
@@ -275,7 +275,8 @@ def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, 
 
 
 def _memory(row: DictRow) -> Memory:
-    return Memory(
+    # Rows were validated on the way in and arrive typed; model_construct skips re-validating them.
+    return Memory.model_construct(
         id=row["id"], content=row["content"], kind=row["kind"], tags=row["tags"], project=row["project"],
         importance=row["importance"], metadata=row["metadata"], author=row["author"],
         created_at=row["created_at"], updated_at=row["updated_at"], expires_at=row["expires_at"],

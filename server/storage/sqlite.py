@@ -112,8 +112,8 @@ class SQLiteStore:
         if db is None:
             raise StorageUnavailable("the SQLite store is not open")
         with _translated(self.path):
-            async with db.execute(Q[name], params) as cursor:
-                return list(await cursor.fetchall())
+            # execute_fetchall is one trip to the driver's thread; execute + fetchall + close are three.
+            return list(await db.execute_fetchall(Q[name], params))
 
     async def migrate(self) -> int:
         db = self._writer
@@ -159,8 +159,9 @@ class SQLiteStore:
         params.update(tags=_json(new.tags), metadata=_json(new.metadata),
                       created_at=ts(new.created_at), expires_at=ts(new.expires_at))
         # One statement, so it is atomic without an explicit transaction: one trip to the driver thread.
-        async with self._statement() as db, db.execute(Q["insert_memory"], params) as cur:
-            row = await cur.fetchone()
+        async with self._statement() as db:
+            rows = await db.execute_fetchall(Q["insert_memory"], params)
+        row = next(iter(rows), None)
         if row is not None:
             return _memory(row), True
         rows = await self._fetch("find_duplicate", params)
@@ -199,9 +200,9 @@ class SQLiteStore:
         return _memory(updated)
 
     async def delete_memory(self, memory_id: str, now: datetime) -> Memory:
-        async with self._statement() as db, db.execute(Q["tombstone_memory"], {"id": memory_id,
-                                                                                 "now": ts(now)}) as cur:
-            row = await cur.fetchone()
+        async with self._statement() as db:
+            row = next(iter(await db.execute_fetchall(Q["tombstone_memory"], {"id": memory_id, "now": ts(now)})),
+                       None)
         if row is None:
             raise NotFound(f"no memory with id {memory_id}; it may already be deleted")
         return _memory(row)
@@ -224,7 +225,7 @@ class SQLiteStore:
         rows = await self._fetch("search_keyword", params)
         if len(rows) < limit and (not rows or rows[0]["pooled"] == pool):
             rows = await self._fetch("search_keyword_all", params)
-        return [ScoredMemory(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
+        return [ScoredMemory.model_construct(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
 
     async def stats(self, now: datetime) -> StoreStats:
         (row,) = await self._fetch("stats", {"now": ts(now)})
@@ -305,9 +306,14 @@ def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, 
 
 
 def _memory(row: sqlite3.Row) -> Memory:
-    return Memory(
+    # Rows were validated on the way in; model_construct skips re-validating them on the hot read path.
+    return Memory.model_construct(
         id=row["id"], content=row["content"], kind=row["kind"], tags=json.loads(row["tags"]),
         project=row["project"], importance=row["importance"], metadata=json.loads(row["metadata"]),
-        author=row["author"], created_at=row["created_at"], updated_at=row["updated_at"],
-        expires_at=row["expires_at"], version=row["version"], deleted_at=row["deleted_at"],
+        author=row["author"], created_at=_dt(row["created_at"]), updated_at=_dt(row["updated_at"]),
+        expires_at=_dt(row["expires_at"]), version=row["version"], deleted_at=_dt(row["deleted_at"]),
     )
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
