@@ -28,6 +28,7 @@ Q = migrations.queries("postgres")
 # Any constant works, as long as every StackMemory process uses the same one ("STACKMEM" in ASCII).
 MIGRATION_LOCK_KEY = 0x535441434B4D454D
 # A live duplicate can be tombstoned between our INSERT ... DO NOTHING and the SELECT that follows.
+KEYWORD_POOL = 1000  # ranked candidates per keyword search; see queries.sql
 ADD_ATTEMPTS = 3
 
 
@@ -238,7 +239,8 @@ class PostgresStore:
             return []
         # The terms are plain words, so "a or b" in web-search syntax is exactly "any of them".
         query = " or ".join(terms)
-        rows = await self._fetch("search_keyword", {**_filter(where), "limit": limit, "q": query})
+        rows = await self._fetch("search_keyword", {**_filter(where), "limit": limit, "q": query,
+                                                    "pool": KEYWORD_POOL})
         return [ScoredMemory.model_construct(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
 
     async def stats(self, now: datetime) -> StoreStats:

@@ -102,19 +102,24 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
 
 -- name: search_keyword
 -- websearch_to_tsquery never raises on odd input; a query of only stop words is empty and matches nothing.
--- ts_rank, not ts_rank_cd: every OR match is ranked, and ts_rank costs about 2.5x less per row here.
+-- Only the %(pool)s most recent matches are ranked: an OR of common words can match a large share of the
+-- table, and reading and ranking every match is what made this query slow (31 ms vs 3 ms at 100k rows).
+-- The planner walks the id index newest-first for common words and uses the GIN index for rare ones.
 SELECT m.id, m.content, m.content_hash, m.kind, m.tags, m.project, m.importance, m.metadata, m.author,
        m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at,
        ts_rank(m.search, q.query) AS score
-  FROM memories AS m, websearch_to_tsquery('english', %(q)s) AS q (query)
- WHERE m.search @@ q.query
-   AND m.deleted_at IS NULL
-   AND (%(project)s::text IS NULL OR m.project = %(project)s::text)
-   AND (%(kinds)s::text[] IS NULL OR m.kind = ANY (%(kinds)s::text[]))
-   AND (%(tags)s::jsonb IS NULL OR m.tags @> %(tags)s::jsonb)
-   AND (%(since)s::timestamptz IS NULL OR m.created_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR m.created_at < %(until)s::timestamptz)
-   AND (m.expires_at IS NULL OR m.expires_at > %(now)s::timestamptz)
+  FROM (SELECT * FROM memories
+         WHERE search @@ websearch_to_tsquery('english', %(q)s)
+           AND deleted_at IS NULL
+           AND (%(project)s::text IS NULL OR project = %(project)s::text)
+           AND (%(kinds)s::text[] IS NULL OR kind = ANY (%(kinds)s::text[]))
+           AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
+           AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+           AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+           AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
+         ORDER BY id DESC
+         LIMIT %(pool)s) AS m,
+       websearch_to_tsquery('english', %(q)s) AS q (query)
  ORDER BY score DESC, m.id DESC
  LIMIT %(limit)s;
 
