@@ -260,12 +260,15 @@ async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tup
     from server.service import search_terms
     from server.storage import migrations
 
+    from server.storage.postgres import KEYWORD_POOL
+
     sql = migrations.queries("postgres")["search_keyword"]
     rng = random.Random(seed)
 
     def search_params() -> dict[str, Any]:
         return {"project": None, "kinds": None, "tags": None, "since": None, "until": None,
-                "now": datetime.now(UTC), "limit": 10, "q": " or ".join(search_terms(make_query(rng)))}
+                "now": datetime.now(UTC), "limit": 10, "q": " or ".join(search_terms(make_query(rng))),
+                "pool": KEYWORD_POOL}
 
     out: list[tuple[str, list[float], float | None]] = []
     kwargs = {"autocommit": True, "row_factory": dict_row, "prepare_threshold": None}
