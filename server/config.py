@@ -35,6 +35,14 @@ ENV_VARS: dict[str, str] = {
     "STACKMEMORY_POOL_TIMEOUT": "seconds a call waits for a pooled connection (default 10)",
     "STACKMEMORY_AUTO_MIGRATE": "apply database migrations on start (default on; 0 to turn off)",
     "STACKMEMORY_LOG_LEVEL": "DEBUG, INFO, WARNING (default) or ERROR; logs go to stderr",
+    "STACKMEMORY_EMBEDDINGS": "local (default), openai or none: who turns text into vectors",
+    "STACKMEMORY_EMBEDDING_MODEL": "model name (local default sentence-transformers/all-MiniLM-L6-v2; "
+                                   "openai default text-embedding-3-small)",
+    "STACKMEMORY_EMBEDDING_MODEL_PATH": "folder with model.onnx + tokenizer.json: load the local model "
+                                        "from disk, offline",
+    "STACKMEMORY_MODEL_CACHE": "where downloaded local models are kept (default ~/.stackmemory/models)",
+    "OPENAI_API_KEY": "key for STACKMEMORY_EMBEDDINGS=openai",
+    "OPENAI_BASE_URL": "OpenAI-compatible endpoint (Ollama, vLLM, ...) for STACKMEMORY_EMBEDDINGS=openai",
 }
 
 
@@ -58,6 +66,12 @@ class Settings:
     pool_timeout: float = 10.0
     auto_migrate: bool = True
     log_level: str = "WARNING"
+    embeddings: Literal["local", "openai", "none"] = "local"
+    embedding_model: str | None = None
+    embedding_model_path: str | None = None
+    model_cache: str = "~/.stackmemory/models"
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -93,6 +107,13 @@ class Settings:
             pool_timeout=float(_int(env.get("STACKMEMORY_POOL_TIMEOUT", "10"), "STACKMEMORY_POOL_TIMEOUT", 1)),
             auto_migrate=env.get("STACKMEMORY_AUTO_MIGRATE", "1").lower() not in ("0", "false", "no", "off"),
             log_level=pick("log_level", "STACKMEMORY_LOG_LEVEL", "WARNING").upper(),
+            embeddings=_choice(pick("embeddings", "STACKMEMORY_EMBEDDINGS", "local"), "STACKMEMORY_EMBEDDINGS",
+                               ("local", "openai", "none")),  # type: ignore[arg-type]
+            embedding_model=pick("embedding_model", "STACKMEMORY_EMBEDDING_MODEL", "") or None,
+            embedding_model_path=pick("embedding_model_path", "STACKMEMORY_EMBEDDING_MODEL_PATH", "") or None,
+            model_cache=env.get("STACKMEMORY_MODEL_CACHE") or "~/.stackmemory/models",
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            openai_base_url=env.get("OPENAI_BASE_URL") or None,
             env=env,
         )
 
