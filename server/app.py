@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,12 +12,18 @@ import anyio
 
 from server import __version__
 from server.config import Settings
+from server.errors import ConfigError, EmbeddingUnavailable, StackMemoryError
+from server.jobs import Worker
 from server.project import detect_project
+from server.semantic import Semantic
 from server.service import MemoryService
 from server.storage import open_storage
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
+
+    from server.embeddings.base import Embedder
+    from server.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +35,24 @@ INSTRUCTIONS = (
 )
 
 
-class Runtime:
-    """Owns the open storage and the service. Reference-counted: stdio has one session, SSE opens one per
-    connection and Streamable HTTP holds one for the server's life, and all of them share one pool."""
+_CONFIGURED = object()
 
-    def __init__(self, settings: Settings) -> None:
+
+class Runtime:
+    """Owns the open storage, the embedder, the background worker and the service. Reference-counted:
+    stdio has one session, SSE opens one per connection and Streamable HTTP holds one for the server's
+    life, and all of them share one storage (one pool) and one worker."""
+
+    def __init__(self, settings: Settings, embedder: Any = _CONFIGURED, *, worker: bool = True,
+                 adopt_model: bool = False) -> None:
         self.settings = settings
         self.default_project = settings.project or detect_project(Path.cwd())
+        self._embedder = embedder
+        self._run_worker = worker
+        self._adopt_model = adopt_model  # reindex: make the configured model the database's model
         self._service: MemoryService | None = None
+        self._stack: AsyncExitStack | None = None
+        self.worker: Worker | None = None
         self._users = 0
         self._lock = anyio.Lock()
 
@@ -50,19 +66,90 @@ class Runtime:
     async def session(self) -> AsyncIterator[MemoryService]:
         async with self._lock:
             if self._users == 0:
-                storage = open_storage(self.settings)
-                await storage.open()
-                self._service = MemoryService(storage, self.settings, self.default_project)
+                stack = AsyncExitStack()
+                try:
+                    self._service = await self._open(stack)
+                except BaseException:
+                    await stack.aclose()
+                    raise
+                self._stack = stack
             self._users += 1
         try:
             yield self.service
         finally:
             async with self._lock:
                 self._users -= 1
-                if self._users == 0 and self._service is not None:
-                    with anyio.CancelScope(shield=True):
-                        await self._service.storage.close()
-                    self._service = None
+                if self._users == 0 and self._stack is not None:
+                    # Not shielded: the worker's task group must exit as the current cancel scope.
+                    stack, self._stack, self._service, self.worker = self._stack, None, None, None
+                    await stack.aclose()
+
+    async def _open(self, stack: AsyncExitStack) -> MemoryService:
+        from server.embeddings import make_embedder
+        from server.storage import open_queue
+
+        storage = open_storage(self.settings)
+        await storage.open()
+        stack.push_async_callback(storage.close)
+        queue = open_queue(storage)
+        embedder = make_embedder(self.settings) if self._embedder is _CONFIGURED else self._embedder
+        if embedder is not None:
+            stack.push_async_callback(embedder.close)
+        semantic, why_not = await attach_embedder(storage, embedder, adopt=self._adopt_model)
+        service = MemoryService(storage, self.settings, self.default_project, semantic, queue, why_not)
+        if semantic is not None and self._run_worker:
+            self.worker = Worker(queue, {"embed": service.embed_jobs}, batch=64)
+            service.on_write = self.worker.notify
+            stop = anyio.Event()
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(stop.set)
+            tg.start_soon(self.worker.run, stop)
+            tg.start_soon(_prepare, service)
+        return service
+
+
+async def attach_embedder(storage: Storage, embedder: Embedder | None,
+                          adopt: bool = False) -> tuple[Semantic | None, str | None]:
+    """Check the embedder against the model recorded in the database (recording it on first use).
+
+    A different model is refused: its vectors would not be comparable with the stored ones."""
+    if embedder is None:
+        return None, "semantic search is off (STACKMEMORY_EMBEDDINGS=none)"
+    try:
+        dim = await embedder.dimension()
+    except EmbeddingUnavailable as exc:
+        log.warning("semantic search disabled: %s", exc)
+        return None, str(exc)
+    recorded = await storage.get_meta("embedding_model")
+    if adopt and recorded != embedder.name:
+        await use_model(storage, embedder.name, dim)
+        recorded = embedder.name
+    if recorded is not None and recorded != embedder.name:
+        raise ConfigError(
+            f"this database's memories are embedded with {recorded}, but the configured model is "
+            f"{embedder.name}; run `stackmemory reindex` to re-embed everything with {embedder.name}, "
+            f"or set STACKMEMORY_EMBEDDING_MODEL back to the recorded model"
+        )
+    if recorded is None:
+        await use_model(storage, embedder.name, dim)
+    return Semantic(embedder, embedder.name), None
+
+
+async def use_model(storage: Storage, model: str, dim: int) -> None:
+    """Make `model` the database's embedding model; existing memories are queued for embedding."""
+    await storage.prepare_vectors(model, dim)
+    await storage.set_meta("embedding_dim", str(dim))
+    await storage.set_meta("embedding_model", model)
+
+
+async def _prepare(service: MemoryService) -> None:
+    """Background start-up work: load the model, then queue any memory that has no vector yet."""
+    assert service.semantic is not None
+    try:
+        await service.semantic.embedder.warm_up()
+        await service.queue_unembedded()
+    except StackMemoryError as exc:
+        log.warning("background preparation of semantic search failed: %s", exc)
 
 
 def build_server(runtime: Runtime) -> MCPServer[Any]:

@@ -29,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "serve":
             return _serve(settings)
+        if args.command in ("reindex", "worker"):
+            return asyncio.run(_reindex(settings) if args.command == "reindex" else _worker(settings))
         return asyncio.run(_run(settings, args))
     except ConfigError as exc:
         print(f"stackmemory: configuration error: {exc}", file=sys.stderr)
@@ -50,7 +52,7 @@ def _serve(settings: Settings) -> int:
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     from server.app import Runtime
 
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, worker=False)  # one-shot commands leave embedding to the server's worker
     async with runtime.session() as svc:
         handler: Callable[[Any, argparse.Namespace], Awaitable[Any]] = COMMANDS[args.command]
         result = await handler(svc, args)
@@ -61,12 +63,62 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reindex(settings: Settings) -> int:
+    """Embed every memory with the configured model, replacing vectors of any other model. Progress is
+    durable (a job per memory), so an interrupted reindex continues where it stopped when run again."""
+    from server.app import Runtime
+    from server.jobs import Worker
+
+    runtime = Runtime(settings, worker=False, adopt_model=True)
+    async with runtime.session() as svc:
+        if svc.semantic is None or svc.jobs is None:
+            print(f"stackmemory: cannot reindex: {svc.semantic_off}", file=sys.stderr)
+            return 1
+        await svc.queue_unembedded()
+        total = await svc.storage.count_unembedded(svc.semantic.model)
+        worker = Worker(svc.jobs, {"embed": svc.embed_jobs}, batch=64)
+        done = 0
+        while (handled := await worker.run_once()) or done == 0:
+            done += handled
+            left = await svc.storage.count_unembedded(svc.semantic.model)
+            _progress(total - left, total)
+            if not handled:
+                break
+        failed = (await svc.jobs.counts()).failed
+    print(f"\nreindexed with {svc.semantic.model}: {total - left} of {total} memories embedded"
+          + (f"; {failed} failed (see the log, then run reindex again)" if failed else ""), file=sys.stderr)
+    return 1 if left else 0
+
+
+def _progress(done: int, total: int) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = width * done // total if total else width
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr, flush=True)
+
+
+async def _worker(settings: Settings) -> int:
+    """Run only the background job worker (embeddings) until interrupted; several may run at once."""
+    import anyio
+
+    from server.app import Runtime
+
+    async with Runtime(settings).session() as svc:
+        if svc.semantic is None:
+            print(f"stackmemory: nothing to work on: {svc.semantic_off}", file=sys.stderr)
+            return 1
+        await anyio.sleep_forever()
+    return 0
+
+
 async def _store(svc: Any, a: argparse.Namespace) -> Any:
     return await svc.store(a.content, a.kind, _split(a.tags), a.project, a.importance)
 
 
 async def _search(svc: Any, a: argparse.Namespace) -> Any:
-    return await svc.search(a.query, a.limit, a.project, [a.kind] if a.kind else None, _split(a.tags))
+    return await svc.search(a.query, a.limit, a.project, [a.kind] if a.kind else None, _split(a.tags),
+                            mode=a.mode)
 
 
 async def _list(svc: Any, a: argparse.Namespace) -> Any:
@@ -182,6 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--project", help="only this project")
     se.add_argument("--kind", choices=kinds, help="only this kind")
     se.add_argument("--tags", help="only memories with all these comma-separated tags")
+    se.add_argument("--mode", choices=["hybrid", "keyword", "semantic"], help="ranking (default hybrid if "
+                    "embeddings are on) [env STACKMEMORY_EMBEDDINGS]")
 
     ls = sub.add_parser("list", parents=[common, out], help="list memories, newest first")
     ls.add_argument("--project", help="only this project")
@@ -195,6 +249,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("id", help="memory id")
 
     sub.add_parser("status", parents=[common, out], help="backend, database, schema version and counts")
+    sub.add_parser("reindex", parents=[common],
+                   help="embed every memory with the configured model (after changing models); resumable")
+    sub.add_parser("worker", parents=[common], help="run only the background embedding worker")
     db = sub.add_parser("db", parents=[common, out], help="database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply pending migrations")
     return p

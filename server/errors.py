@@ -27,3 +27,7 @@ class ConfigError(StackMemoryError):
 
 class MigrationError(StackMemoryError):
     """The database schema is not in a state this version can use."""
+
+
+class EmbeddingUnavailable(StackMemoryError):
+    """No embedding model could be loaded or reached; the message names the setting to change."""

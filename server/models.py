@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Kind = Literal["fact", "decision", "constraint", "interface", "todo", "risk", "preference", "note"]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
-SearchMode = Literal["keyword"]
+SearchMode = Literal["hybrid", "keyword", "semantic"]
 
 
 class Memory(BaseModel):
@@ -165,3 +165,7 @@ class Status(BaseModel):
     by_kind: dict[str, int]
     projects: int
     default_project: str
+    embedding_model: str | None = Field(description="Model whose vectors semantic search uses, if any.")
+    semantic_search: str = Field(description="'on', or why it is off.")
+    pending_jobs: int = Field(description="Background jobs (such as embeddings) waiting or running.")
+    failed_jobs: int = Field(description="Jobs that failed every attempt (see the server log).")

@@ -7,11 +7,11 @@ import json
 import re
 import unicodedata
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server import __version__
 from server.config import Settings
-from server.errors import InvalidInput, NotFound
+from server.errors import EmbeddingUnavailable, InvalidInput, NotFound
 from server.ids import check_id, new_id
 from server.models import (
     KINDS,
@@ -24,11 +24,18 @@ from server.models import (
     NewMemory,
     ProjectContext,
     SearchHit,
+    SearchMode,
     SearchResult,
     Status,
     StoreResult,
 )
+from server.semantic import Fused, Semantic, fuse
 from server.storage.base import Storage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from server.jobs import Job, JobQueue
 
 MAX_TAGS = 32
 MAX_TAG_CHARS = 64
@@ -52,10 +59,16 @@ STOPWORDS = frozenset("""
 class MemoryService:
     """Every operation the tools and the CLI offer, backend-independent."""
 
-    def __init__(self, storage: Storage, settings: Settings, default_project: str) -> None:
+    def __init__(self, storage: Storage, settings: Settings, default_project: str,
+                 semantic: Semantic | None = None, jobs: JobQueue | None = None,
+                 semantic_off: str | None = None) -> None:
         self.storage = storage
         self.settings = settings
         self.default_project = default_project
+        self.semantic = semantic
+        self.jobs = jobs
+        self.semantic_off = semantic_off  # why semantic search is unavailable, when it is
+        self.on_write: Callable[[], None] = lambda: None  # wakes the embedding worker
 
     # ---- writes ---------------------------------------------------------------------------------------
 
@@ -71,6 +84,8 @@ class MemoryService:
             expires_at=_expiry(expires_at, now),
         )
         memory, created = await self.storage.add_memory(new)
+        if created:
+            self.on_write()
         message = ("stored" if created else
                    f"identical content is already stored in project {memory.project!r} as {memory.id}; "
                    "returned that memory instead of a duplicate")
@@ -99,7 +114,10 @@ class MemoryService:
         if patch.model_dump(exclude_defaults=True) == {}:
             raise InvalidInput("nothing to update: pass at least one of content, kind, tags, project, "
                                "importance, metadata, expires_at or clear_expiry")
-        return await self.storage.update_memory(memory_id, patch, expected_version, now)
+        updated = await self.storage.update_memory(memory_id, patch, expected_version, now)
+        if patch.content is not None:
+            self.on_write()
+        return updated
 
     async def delete(self, memory_id: str) -> DeleteResult:
         memory = await self.storage.delete_memory(check_id(memory_id), _now())
@@ -117,18 +135,77 @@ class MemoryService:
 
     async def search(self, query: str, limit: int = 10, project: str | None = None,
                      kinds: list[str] | None = None, tags: list[str] | None = None,
-                     since: datetime | None = None, until: datetime | None = None) -> SearchResult:
+                     since: datetime | None = None, until: datetime | None = None,
+                     mode: str | None = None) -> SearchResult:
         if not isinstance(query, str) or not query.strip():
             raise InvalidInput("query is empty: give the words or question to search for")
+        if mode not in (None, "hybrid", "keyword", "semantic"):
+            raise InvalidInput(f"mode {mode!r} is not one of: hybrid, keyword, semantic")
         query = _clean_text(query)
         where = self._filter(project, kinds, tags, since, until)
+        size = _limit(limit, 100)
         terms = search_terms(query)
-        if not terms:
-            return SearchResult(query=query, mode="keyword", results=[],
-                                note="the query has no searchable words (letters or digits); nothing matched")
-        found = await self.storage.search_keyword(terms, where, _limit(limit, 100))
-        hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory)) for s in found]
-        return SearchResult(query=query, mode="keyword", results=hits)
+        ran, vector, note = await self._plan(query, mode)
+        if ran == "keyword":
+            if not terms:
+                return SearchResult(query=query, mode="keyword", results=[], note=note or (
+                    "the query has no searchable words (letters or digits); nothing matched"))
+            found = await self.storage.search_keyword(terms, where, size)
+            hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory)) for s in found]
+            return SearchResult(query=query, mode="keyword", results=hits, note=note)
+        assert vector is not None and self.semantic is not None
+        pool = max(50, size * 3)
+        similar = await self.storage.search_vector(vector, self.semantic.model, where,
+                                                   size if ran == "semantic" else pool)
+        keyword = await self.storage.search_keyword(terms, where, pool) if ran == "hybrid" and terms else []
+        fused = fuse(keyword, similar, size)
+        hits = [SearchHit.of(f.memory, round(f.score if ran == "hybrid" else f.similarity or 0.0, 6),
+                             _semantic_reason(terms, f)) for f in fused]
+        return SearchResult(query=query, mode=ran, results=hits, note=await self._pending_note())
+
+    async def _plan(self, query: str, mode: str | None) -> tuple[SearchMode, list[float] | None, str | None]:
+        """Which ranking can run: semantic needs an embedder that answers; otherwise keyword, saying why."""
+        if mode == "keyword" or (mode is None and self.semantic is None):
+            return "keyword", None, None
+        if self.semantic is None:
+            return "keyword", None, f"{self.semantic_off or 'semantic search is off'}; ran keyword search instead"
+        try:
+            vector = await self.semantic.query_vector(query)
+        except EmbeddingUnavailable as exc:
+            return "keyword", None, f"semantic search is unavailable ({exc}); ran keyword search instead"
+        return ("semantic" if mode == "semantic" else "hybrid"), vector, None
+
+    async def _pending_note(self) -> str | None:
+        if self.jobs is None:
+            return None
+        pending = (await self.jobs.counts()).pending
+        if not pending:
+            return None
+        return (f"{pending} memories are still waiting to be embedded; until then they match by keyword only "
+                "(hybrid mode) or not at all (semantic mode)")
+
+    # ---- embeddings -----------------------------------------------------------------------------------
+
+    async def embed_jobs(self, jobs: list[Job]) -> None:
+        """Worker handler: embed the memories a batch of 'embed' jobs names (deleted ones are skipped)."""
+        assert self.semantic is not None
+        rows = await self.storage.live_contents([j.key for j in jobs if j.key])
+        if rows:
+            vectors = await self.semantic.embedder.embed_documents([content for _, content in rows])
+            await self.storage.put_vectors(self.semantic.model, [(i, v) for (i, _), v in zip(rows, vectors,
+                                                                                            strict=True)])
+
+    async def queue_unembedded(self, batch: int = 500) -> int:
+        """Queue an 'embed' job for every live memory without a vector for the current model."""
+        if self.semantic is None or self.jobs is None:
+            return 0
+        queued, after = 0, ""
+        while ids := await self.storage.unembedded(self.semantic.model, after, batch):
+            for memory_id in ids:
+                queued += await self.jobs.enqueue("embed", key=memory_id) is not None
+            after = ids[-1]
+            self.on_write()
+        return queued
 
     async def list_memories(self, project: str | None = None, kind: str | None = None, tags: list[str] | None = None,
                    limit: int = 20, cursor: str | None = None) -> MemoryPage:
@@ -158,7 +235,12 @@ class MemoryService:
 
     async def status(self) -> Status:
         stats = await self.storage.stats(_now())
+        counts = await self.jobs.counts() if self.jobs is not None else None
         return Status(
+            embedding_model=await self.storage.get_meta("embedding_model"),
+            semantic_search="on" if self.semantic is not None else (self.semantic_off or "off"),
+            pending_jobs=counts.pending + counts.running if counts else 0,
+            failed_jobs=counts.failed if counts else 0,
             backend=stats.backend, location=stats.location, reason=self.settings.reason,
             schema_version=stats.schema_version, version=__version__, memories=stats.memories,
             deleted=stats.deleted, expired=stats.expired, by_kind=stats.by_kind, projects=stats.projects,
@@ -225,6 +307,15 @@ def _reason(terms: list[str], memory: Memory) -> str:
     if not matched:
         return "keyword match (word forms such as plurals count)"
     return "matched: " + ", ".join(matched[:10])
+
+
+def _semantic_reason(terms: list[str], fused: Fused) -> str:
+    parts = []
+    if fused.keyword_rank is not None:
+        parts.append(_reason(terms, fused.memory))
+    if fused.similarity is not None:
+        parts.append(f"similar in meaning ({fused.similarity:.2f})")
+    return "; ".join(parts)
 
 
 def _summary(project: str, sections: list[ContextSection]) -> str:

@@ -83,7 +83,8 @@ def settings_for(tmp_path: Path) -> Any:
     from server.config import Settings
 
     def make(db: str, **env: str) -> Settings:
-        return Settings.load(env={"STACKMEMORY_PROJECT": "demo", "STACKMEMORY_USER": "tester", **env}, db=db)
+        return Settings.load(env={"STACKMEMORY_PROJECT": "demo", "STACKMEMORY_USER": "tester",
+                                  "STACKMEMORY_EMBEDDINGS": "none", **env}, db=db)
 
     return make
 
@@ -122,7 +123,7 @@ def server_env(db: str, **extra: str) -> dict[str, str]:
     """Environment for a `stackmemory serve` subprocess."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKMEMORY_", "DATABASE_URL"))}
     env.update({"STACKMEMORY_DB": db, "STACKMEMORY_PROJECT": "demo", "STACKMEMORY_USER": "tester",
-                "PYTHONPATH": str(ROOT)}, **extra)
+                "STACKMEMORY_EMBEDDINGS": "none", "PYTHONPATH": str(ROOT)}, **extra)
     return env
 
 

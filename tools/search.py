@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Resolve
 from pydantic import Field
@@ -25,10 +25,14 @@ async def search_memory(
     tags: Annotated[list[str] | None, Field(description="Only memories having all of these tags.")] = None,
     since: Annotated[datetime | None, Field(description="Only memories created at or after (ISO 8601).")] = None,
     until: Annotated[datetime | None, Field(description="Only memories created before (ISO 8601).")] = None,
+    mode: Annotated[Literal["hybrid", "keyword", "semantic"] | None, Field(
+        description="hybrid (meaning + words; the default when embeddings are on), keyword (exact words) "
+                    "or semantic (meaning only).")] = None,
 ) -> SearchResult:
     """Find stored memories relevant to a query, best first, each with its full content, a score and
-    why it matched."""
-    return await svc.search(query, limit, project, list(kinds) if kinds else None, tags, since, until)
+    why it matched. The result says which mode ran; without embeddings it falls back to keyword and
+    says so."""
+    return await svc.search(query, limit, project, list(kinds) if kinds else None, tags, since, until, mode)
 
 
 @spec("Get project context", read_only=True, idempotent=True)

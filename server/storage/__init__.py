@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from server.config import Settings
+    from server.jobs import JobQueue
     from server.storage.base import Storage
 
 
@@ -24,3 +25,18 @@ def open_storage(settings: Settings) -> Storage:
     from server.storage.sqlite import SQLiteStore
 
     return SQLiteStore(settings.db)
+
+
+def open_queue(storage: Storage) -> JobQueue:
+    """The job queue living in the same database as `storage` (which must be open)."""
+    if storage.backend == "postgres":
+        from server.storage.postgres import PostgresStore
+        from server.storage.postgres_jobs import PostgresJobs
+
+        assert isinstance(storage, PostgresStore)
+        return PostgresJobs(storage)
+    from server.storage.sqlite import SQLiteStore
+    from server.storage.sqlite_jobs import SQLiteJobs
+
+    assert isinstance(storage, SQLiteStore)
+    return SQLiteJobs(storage)

@@ -65,3 +65,30 @@ class Storage(Protocol):
         ...
 
     async def stats(self, now: datetime) -> StoreStats: ...
+
+    # ---- settings and vectors ---------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+    async def prepare_vectors(self, model: str, dim: int) -> None:
+        """Drop vectors of any other model and prepare the index for this model's dimension."""
+
+    async def put_vectors(self, model: str, items: list[tuple[str, list[float]]]) -> None:
+        """Store (memory id, vector) pairs; ids of memories deleted meanwhile are skipped."""
+
+    async def live_contents(self, ids: list[str]) -> list[tuple[str, str]]:
+        """(id, content) of the live memories among ids."""
+        ...
+
+    async def unembedded(self, model: str, after: str, limit: int) -> list[str]:
+        """Ids of live memories with no vector for this model, in id order after `after`."""
+        ...
+
+    async def count_unembedded(self, model: str) -> int: ...
+
+    async def search_vector(self, vector: list[float], model: str, where: MemoryFilter,
+                            limit: int) -> list[ScoredMemory]:
+        """Nearest live memories by cosine similarity (score = similarity), honouring the filter."""
+        ...

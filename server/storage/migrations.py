@@ -62,9 +62,14 @@ def latest_version(dialect: str) -> int:
     return len(migrations(dialect))
 
 
-@cache
 def queries(dialect: str) -> dict[str, str]:
     """Named queries from sql/<dialect>/queries.sql, keyed by their '-- name:' header."""
-    text = (resources.files("server.storage") / "sql" / dialect / "queries.sql").read_text(encoding="utf-8")
+    return named_queries(dialect, "queries.sql")
+
+
+@cache
+def named_queries(dialect: str, filename: str) -> dict[str, str]:
+    """Named queries from sql/<dialect>/<filename>, keyed by their '-- name:' header."""
+    text = (resources.files("server.storage") / "sql" / dialect / filename).read_text(encoding="utf-8")
     parts = _QUERY_HEADER.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}

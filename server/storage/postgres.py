@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 Q = migrations.queries("postgres")
 # Any constant works, as long as every StackMemory process uses the same one ("STACKMEM" in ASCII).
 MIGRATION_LOCK_KEY = 0x535441434B4D454D
-# A live duplicate can be tombstoned between our INSERT ... DO NOTHING and the SELECT that follows.
 KEYWORD_POOL = 1000  # ranked candidates per keyword search; see queries.sql
+# A live duplicate can be tombstoned between our INSERT ... DO NOTHING and the SELECT that follows.
 ADD_ATTEMPTS = 3
 
 
@@ -243,12 +243,68 @@ class PostgresStore:
                                                     "pool": KEYWORD_POOL})
         return [ScoredMemory.model_construct(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
 
+    # ---- vectors and settings -------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await self._fetch("get_meta", {"key": key})
+        return str(rows[0]["value"]) if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(Q["set_meta"], {"key": key, "value": value})
+
+    async def prepare_vectors(self, model: str, dim: int) -> None:
+        """Keep only this model's vectors and make sure the HNSW index for its dimension exists."""
+        from psycopg import sql
+
+        create = sql.SQL(Q["create_vector_index"]).format(
+            name=sql.Identifier(f"memory_vectors_hnsw_{int(dim)}"), dim=sql.Literal(int(dim)))
+        async with self._transaction() as conn:
+            await conn.execute(Q["lock_migrations_xact"], {"key": MIGRATION_LOCK_KEY})
+            await conn.execute(Q["delete_other_vectors"], {"model": model})
+            await conn.execute(create)
+
+    async def put_vectors(self, model: str, items: list[tuple[str, list[float]]]) -> None:
+        async with self._transaction() as conn, conn.cursor() as cur:
+            await cur.executemany(Q["put_vector"], [{"memory_id": i, "model": model, "embedding": _vector(v)}
+                                                    for i, v in items])
+
+    async def live_contents(self, ids: list[str]) -> list[tuple[str, str]]:
+        rows = await self._fetch("live_contents", {"ids": ids})
+        return [(r["id"], r["content"]) for r in rows]
+
+    async def unembedded(self, model: str, after: str, limit: int) -> list[str]:
+        rows = await self._fetch("unembedded_ids", {"model": model, "after": after, "limit": limit})
+        return [r["id"] for r in rows]
+
+    async def count_unembedded(self, model: str) -> int:
+        return int((await self._fetch("count_unembedded", {"model": model}))[0]["n"])
+
+    async def search_vector(self, vector: list[float], model: str, where: MemoryFilter,
+                            limit: int) -> list[ScoredMemory]:
+        from psycopg import sql
+
+        query = sql.SQL(Q["search_vector"]).format(dim=sql.Literal(len(vector)))
+        params = {**_filter(where), "embedding": _vector(vector), "model": model, "limit": limit}
+        async with self._transaction() as conn:
+            await conn.execute(Q["vector_scan_settings"])
+            cur = await conn.execute(query, params)
+            rows = await cur.fetchall()
+        hits = [ScoredMemory.model_construct(memory=_memory(r), score=float(r["score"]), matched=[])
+                for r in rows]
+        return sorted(hits, key=lambda h: -h.score)  # relaxed_order may return neighbours slightly out of order
+
     async def stats(self, now: datetime) -> StoreStats:
         (row,) = await self._fetch("stats", {"now": now})
         kinds = await self._fetch("count_by_kind", {"now": now})
         return StoreStats(backend="postgres", location=self.location, schema_version=await self.ping(),
                           memories=row["live"], deleted=row["deleted"], expired=row["expired"],
                           by_kind={k["kind"]: k["n"] for k in kinds}, projects=row["projects"])
+
+
+def _vector(values: list[float]) -> str:
+    """pgvector's text form; bound as a parameter and cast in SQL, so no adapter registration is needed."""
+    return "[" + ",".join(f"{x:.7g}" for x in values) + "]"
 
 
 def _filter(where: MemoryFilter) -> dict[str, Any]:

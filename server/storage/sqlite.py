@@ -20,12 +20,15 @@ from server.storage import migrations
 if TYPE_CHECKING:
     import aiosqlite
 
+    from server.storage.vectors import VectorIndex
+
 log = logging.getLogger(__name__)
 Q = migrations.queries("sqlite")
 BUSY_TIMEOUT_MS = 5000
 # BEGIN IMMEDIATE waits busy_timeout for the file lock; beyond that we retry with jitter a few times,
 # so two servers on one file never surface "database is locked" under ordinary contention.
 BEGIN_ATTEMPTS = 8
+OPEN_ATTEMPTS = 5
 
 
 def ts(value: datetime | None) -> str | None:
@@ -43,6 +46,7 @@ class SQLiteStore:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._index: VectorIndex | None = None
 
     @property
     def location(self) -> str:
@@ -51,9 +55,19 @@ class SQLiteStore:
     async def open(self) -> None:
         with _translated(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await self.migrate()
-        self._reader = await self._connect()
+        # Several servers may start on a new file at once: switching it to WAL and migrating it need
+        # the file to themselves, so a start that finds it busy waits and tries again.
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                self._writer = await self._connect()
+                await self.migrate()
+                self._reader = await self._connect()
+                return
+            except StorageUnavailable as exc:
+                await self.close()
+                if "busy" not in str(exc) or attempt == OPEN_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
 
     async def _connect(self) -> aiosqlite.Connection:
         import aiosqlite
@@ -226,6 +240,72 @@ class SQLiteStore:
         if len(rows) < limit and (not rows or rows[0]["pooled"] == pool):
             rows = await self._fetch("search_keyword_all", params)
         return [ScoredMemory.model_construct(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
+
+    # ---- vectors and settings -------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await self._fetch("get_meta", {"key": key})
+        return str(rows[0]["value"]) if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._statement() as db:
+            await db.execute_fetchall(Q["set_meta"], {"key": key, "value": value})
+
+    async def prepare_vectors(self, model: str, dim: int) -> None:
+        """Keep only this model's vectors (a reindex starts over) and reset the in-memory index."""
+        async with self._write() as db:
+            await db.execute(Q["delete_other_vectors"], {"model": model})
+        self._index = None
+
+    async def put_vectors(self, model: str, items: list[tuple[str, list[float]]]) -> None:
+        from server.storage.vectors import to_blob
+
+        async with self._write() as db:
+            await db.executemany(Q["put_vector"], [{"memory_id": i, "model": model, "vector": to_blob(v)}
+                                                   for i, v in items])
+
+    async def live_contents(self, ids: list[str]) -> list[tuple[str, str]]:
+        rows = await self._fetch("live_contents", {"ids": _json(ids)})
+        return [(r["id"], r["content"]) for r in rows]
+
+    async def unembedded(self, model: str, after: str, limit: int) -> list[str]:
+        rows = await self._fetch("unembedded_ids", {"model": model, "after": after, "limit": limit})
+        return [r["id"] for r in rows]
+
+    async def count_unembedded(self, model: str) -> int:
+        return int((await self._fetch("count_unembedded", {"model": model}))[0]["n"])
+
+    async def search_vector(self, vector: list[float], model: str, where: MemoryFilter,
+                            limit: int) -> list[ScoredMemory]:
+        index = await self._vector_index(model, len(vector))
+        pool = max(50, limit * 5)
+        found = await self._filtered_hits(index.search(vector, pool), where, model)
+        if len(found) < limit and len(index) > pool:
+            # Filters (or deletions) removed too many: rank only the memories the filters allow.
+            allowed = {r["id"] for r in await self._fetch("filtered_ids", _filter(where))}
+            found = await self._filtered_hits(index.search(vector, limit, allowed), where, model)
+        return found[:limit]
+
+    async def _filtered_hits(self, hits: list[tuple[str, float]], where: MemoryFilter,
+                             model: str) -> list[ScoredMemory]:
+        if not hits:
+            return []
+        rows = await self._fetch("memories_in", {**_filter(where), "ids": _json([i for i, _ in hits]),
+                                                 "model": model})
+        by_id = {r["id"]: r for r in rows}
+        return [ScoredMemory.model_construct(memory=_memory(by_id[i]), score=score, matched=[])
+                for i, score in hits if i in by_id]
+
+    async def _vector_index(self, model: str, dim: int) -> VectorIndex:
+        """The in-memory index, brought up to date with vectors any process wrote since the last search."""
+        from server.storage.vectors import VectorIndex
+
+        index = self._index
+        if index is None or index.dim != dim:
+            index = self._index = VectorIndex(dim, model)
+        rows = await self._fetch("vectors_since", {"model": model, "seq": index.high_water})
+        index.add((r["seq"], r["memory_id"], r["vector"]) for r in rows)
+        return index
 
     async def stats(self, now: datetime) -> StoreStats:
         (row,) = await self._fetch("stats", {"now": ts(now)})

@@ -5,6 +5,12 @@
 -- name: lock_migrations
 SELECT pg_advisory_lock(%(key)s);
 
+-- name: lock_migrations_xact
+SELECT pg_advisory_xact_lock(%(key)s);
+
+-- name: vector_scan_settings
+SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = 100;
+
 -- name: unlock_migrations
 SELECT pg_advisory_unlock(%(key)s);
 
@@ -135,3 +141,53 @@ SELECT
 SELECT kind, count(*) AS n FROM memories
  WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
  GROUP BY kind;
+
+-- name: get_meta
+SELECT value FROM meta WHERE key = %(key)s;
+
+-- name: set_meta
+INSERT INTO meta (key, value) VALUES (%(key)s, %(value)s) ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: delete_other_vectors
+DELETE FROM memory_vectors WHERE model <> %(model)s;
+
+-- name: create_vector_index
+-- {dim} and {name} are composed with psycopg.sql (a literal and an identifier), never from user input.
+CREATE INDEX IF NOT EXISTS {name} ON memory_vectors USING hnsw ((embedding::vector({dim})) vector_cosine_ops);
+
+-- name: put_vector
+INSERT INTO memory_vectors (memory_id, model, embedding)
+SELECT id, %(model)s, %(embedding)s::vector FROM memories WHERE id = %(memory_id)s AND deleted_at IS NULL
+ON CONFLICT (memory_id) DO UPDATE SET model = excluded.model, embedding = excluded.embedding;
+
+-- name: live_contents
+SELECT id, content FROM memories WHERE id = ANY (%(ids)s::text[]) AND deleted_at IS NULL;
+
+-- name: count_unembedded
+SELECT count(*) AS n FROM memories AS m
+ WHERE m.deleted_at IS NULL
+   AND NOT EXISTS (SELECT 1 FROM memory_vectors AS v WHERE v.memory_id = m.id AND v.model = %(model)s);
+
+-- name: unembedded_ids
+SELECT m.id FROM memories AS m
+ WHERE m.deleted_at IS NULL AND m.id > %(after)s
+   AND NOT EXISTS (SELECT 1 FROM memory_vectors AS v WHERE v.memory_id = m.id AND v.model = %(model)s)
+ ORDER BY m.id LIMIT %(limit)s;
+
+-- name: search_vector
+-- {dim} is the model's dimension as a literal: the HNSW index is on this exact cast. Run with
+-- hnsw.iterative_scan on, so filters that reject many neighbours still fill the page (pgvector 0.8).
+SELECT m.id, m.content, m.content_hash, m.kind, m.tags, m.project, m.importance, m.metadata, m.author,
+       m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at,
+       1 - (v.embedding::vector({dim}) <=> %(embedding)s::vector({dim})) AS score
+  FROM memory_vectors AS v JOIN memories AS m ON m.id = v.memory_id
+ WHERE v.model = %(model)s
+   AND m.deleted_at IS NULL
+   AND (%(project)s::text IS NULL OR m.project = %(project)s::text)
+   AND (%(kinds)s::text[] IS NULL OR m.kind = ANY (%(kinds)s::text[]))
+   AND (%(tags)s::jsonb IS NULL OR m.tags @> %(tags)s::jsonb)
+   AND (%(since)s::timestamptz IS NULL OR m.created_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR m.created_at < %(until)s::timestamptz)
+   AND (m.expires_at IS NULL OR m.expires_at > %(now)s::timestamptz)
+ ORDER BY v.embedding::vector({dim}) <=> %(embedding)s::vector({dim})
+ LIMIT %(limit)s;

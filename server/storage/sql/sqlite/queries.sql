@@ -102,3 +102,60 @@ SELECT
 SELECT kind, count(*) AS n FROM memories
  WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > :now)
  GROUP BY kind;
+
+-- name: get_meta
+SELECT value FROM meta WHERE key = :key;
+
+-- name: set_meta
+INSERT INTO meta (key, value) VALUES (:key, :value) ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: put_vector
+-- REPLACE gives the row a new seq, so every process's in-memory index picks the new vector up.
+INSERT OR REPLACE INTO memory_vectors (memory_id, model, vector)
+SELECT id, :model, :vector FROM memories WHERE id = :memory_id AND deleted_at IS NULL;
+
+-- name: vectors_since
+SELECT seq, memory_id, vector FROM memory_vectors WHERE model = :model AND seq > :seq ORDER BY seq;
+
+-- name: delete_other_vectors
+DELETE FROM memory_vectors WHERE model <> :model;
+
+-- name: live_contents
+SELECT m.id, m.content FROM json_each(:ids) AS j JOIN memories AS m ON m.id = j.value
+ WHERE m.deleted_at IS NULL;
+
+-- name: count_unembedded
+SELECT count(*) AS n FROM memories AS m
+ WHERE m.deleted_at IS NULL
+   AND NOT EXISTS (SELECT 1 FROM memory_vectors AS v WHERE v.memory_id = m.id AND v.model = :model);
+
+-- name: unembedded_ids
+SELECT m.id FROM memories AS m
+ WHERE m.deleted_at IS NULL AND m.id > :after
+   AND NOT EXISTS (SELECT 1 FROM memory_vectors AS v WHERE v.memory_id = m.id AND v.model = :model)
+ ORDER BY m.id LIMIT :limit;
+
+-- name: memories_in
+-- Candidates from the vector index, kept only if they pass the same filters as every other search and
+-- their vector is still current (a content change deletes it until the memory is embedded again).
+SELECT m.* FROM json_each(:ids) AS j JOIN memories AS m ON m.id = j.value
+  JOIN memory_vectors AS v ON v.memory_id = m.id AND v.model = :model
+ WHERE m.deleted_at IS NULL
+   AND (:project IS NULL OR m.project = :project)
+   AND (:kinds IS NULL OR m.kind IN (SELECT value FROM json_each(:kinds)))
+   AND (:tags IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(:tags) AS want
+                                      WHERE want.value NOT IN (SELECT value FROM json_each(m.tags))))
+   AND (:since IS NULL OR m.created_at >= :since)
+   AND (:until IS NULL OR m.created_at < :until)
+   AND (m.expires_at IS NULL OR m.expires_at > :now);
+
+-- name: filtered_ids
+SELECT m.id FROM memories AS m
+ WHERE m.deleted_at IS NULL
+   AND (:project IS NULL OR m.project = :project)
+   AND (:kinds IS NULL OR m.kind IN (SELECT value FROM json_each(:kinds)))
+   AND (:tags IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(:tags) AS want
+                                      WHERE want.value NOT IN (SELECT value FROM json_each(m.tags))))
+   AND (:since IS NULL OR m.created_at >= :since)
+   AND (:until IS NULL OR m.created_at < :until)
+   AND (m.expires_at IS NULL OR m.expires_at > :now);

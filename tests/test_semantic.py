@@ -1,0 +1,218 @@
+"""Semantic and hybrid search, background embedding and model bookkeeping, on both backends."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.app import Runtime
+from server.errors import ConfigError
+from server.jobs import Worker
+from server.service import MemoryService
+from tests.conftest import ROOT, unavailable
+
+pytestmark = pytest.mark.anyio
+
+# A tiny "meaning" table, so the fake embedder places a few different words close together.
+SYNONYMS = {"postgresql": "database", "postgres": "database", "db": "database", "sqlite": "database",
+            "deploy": "release", "ship": "release", "shipping": "release", "cat": "pet", "dog": "pet"}
+
+
+class FakeEmbedder:
+    """Deterministic: hashed bag of (synonym-mapped) words, L2-normalised, 64 dimensions."""
+
+    def __init__(self, name: str = "fake/bag-of-words") -> None:
+        self._name = name
+        self.calls = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def dimension(self) -> int:
+        return 64
+
+    async def warm_up(self) -> None:
+        return None
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls += 1
+        return [self._one(t) for t in texts]
+
+    async def embed_query(self, text: str) -> list[float]:
+        self.calls += 1
+        return self._one(text)
+
+    async def close(self) -> None:
+        return None
+
+    @staticmethod
+    def _one(text: str) -> list[float]:
+        vector = [0.0] * 64
+        for word in re.findall(r"\w+", text.lower()):
+            word = SYNONYMS.get(word, word)
+            vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % 64] += 1.0
+        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+        return [x / norm for x in vector]
+
+
+@pytest.fixture
+async def semantic(db_target: str, settings_for: Any) -> AsyncIterator[tuple[MemoryService, Worker, FakeEmbedder]]:
+    embedder = FakeEmbedder()
+    runtime = Runtime(settings_for(db_target), embedder, worker=False)
+    async with runtime.session() as svc:
+        assert svc.jobs is not None
+        yield svc, Worker(svc.jobs, {"embed": svc.embed_jobs}), embedder
+
+
+async def test_semantic_search_finds_meaning_once_memories_are_embedded(semantic: Any) -> None:
+    svc, worker, _ = semantic
+    target = await svc.store("Hosted deployments run on PostgreSQL")
+    await svc.store("The office cat is called Miso")
+    before = await svc.search("which db", mode="semantic")
+    assert before.results == [] and "waiting to be embedded" in (before.note or "")
+    assert (await svc.status()).pending_jobs == 2
+    assert await worker.run_once() == 2
+    after = await svc.search("which db", mode="semantic")
+    assert after.mode == "semantic" and after.note is None
+    assert after.results[0].id == target.id and "similar in meaning" in after.results[0].reason
+    status = await svc.status()
+    assert (status.pending_jobs, status.embedding_model, status.semantic_search) == (0, "fake/bag-of-words", "on")
+
+
+async def test_hybrid_is_the_default_and_fuses_words_and_meaning(semantic: Any) -> None:
+    svc, worker, _ = semantic
+    words = await svc.store("Release checklist: run the smoke tests")
+    meaning = await svc.store("We ship on Thursdays")
+    await svc.store("Lunch is at noon")
+    await worker.run_once()
+    result = await svc.search("release day")
+    assert result.mode == "hybrid"
+    ids = [h.id for h in result.results]
+    assert set(ids[:2]) == {words.id, meaning.id}
+    keyword_only = await svc.search("release day", mode="keyword")
+    assert [h.id for h in keyword_only.results] == [words.id]
+
+
+async def test_semantic_search_honours_filters(semantic: Any) -> None:
+    svc, worker, _ = semantic
+    for i in range(60):
+        await svc.store(f"database note number {i}", project="noisy")
+    quiet = await svc.store("postgres setting for the quiet project", project="quiet", kind="decision")
+    await worker.run_once()
+    result = await svc.search("database", mode="semantic", project="quiet")
+    assert [h.id for h in result.results] == [quiet.id]
+    assert (await svc.search("database", mode="semantic", kinds=["decision"])).results[0].id == quiet.id
+
+
+async def test_changed_or_deleted_memories_never_match_by_stale_meaning(semantic: Any) -> None:
+    svc, worker, _ = semantic
+    m = await svc.store("the cat sleeps all day")
+    gone = await svc.store("the dog barks at night")
+    await worker.run_once()
+    await svc.update(m.id, content="quarterly revenue report")
+    await svc.delete(gone.id)
+    assert (await svc.search("pet", mode="semantic")).results == []
+    await worker.run_once()
+    assert [h.id for h in (await svc.search("revenue", mode="semantic")).results] == [m.id]
+
+
+async def test_repeated_queries_are_embedded_once(semantic: Any) -> None:
+    svc, worker, embedder = semantic
+    await svc.store("something to find")
+    await worker.run_once()
+    calls = embedder.calls
+    for _ in range(5):
+        await svc.search("find something", mode="semantic")
+    assert embedder.calls == calls + 1
+
+
+async def test_without_an_embedder_search_falls_back_to_keyword_and_says_so(svc: MemoryService) -> None:
+    await svc.store("keyword only memory")
+    result = await svc.search("keyword", mode="semantic")
+    assert result.mode == "keyword" and "STACKMEMORY_EMBEDDINGS=none" in (result.note or "")
+    assert [h.content for h in result.results] == ["keyword only memory"]
+    assert (await svc.status()).semantic_search.startswith("semantic search is off")
+
+
+async def test_a_different_model_is_refused_until_reindexed(db_target: str, settings_for: Any) -> None:
+    async with Runtime(settings_for(db_target), FakeEmbedder("fake/one"), worker=False).session() as svc:
+        await svc.store("recorded with model one")
+    with pytest.raises(ConfigError, match="embedded with fake/one.*stackmemory reindex"):
+        async with Runtime(settings_for(db_target), FakeEmbedder("fake/two"), worker=False).session():
+            pass
+
+
+async def test_the_background_worker_embeds_new_memories_by_itself(db_target: str, settings_for: Any) -> None:
+    import anyio
+
+    async with Runtime(settings_for(db_target), FakeEmbedder()).session() as svc:
+        m = await svc.store("the release train leaves on friday")
+        with anyio.fail_after(10):
+            while not (await svc.search("ship", mode="semantic")).results:
+                await anyio.sleep(0.05)
+        assert (await svc.search("ship", mode="semantic")).results[0].id == m.id
+
+
+def shared_model() -> Path:
+    path = Path(os.environ.get("STACKMEMORY_TEST_MODEL_PATH", ROOT.parent / "shared/models/all-MiniLM-L6-v2-onnx"))
+    if not (path / "model.onnx").exists():
+        unavailable(f"the real embedding model is not at {path} (set STACKMEMORY_TEST_MODEL_PATH)")
+    return path
+
+
+async def test_the_real_model_finds_a_paraphrase_with_no_shared_words(db_target: str, settings_for: Any) -> None:
+    settings = settings_for(db_target, STACKMEMORY_EMBEDDINGS="local",
+                            STACKMEMORY_EMBEDDING_MODEL_PATH=str(shared_model()))
+    runtime = Runtime(settings, worker=False)
+    async with runtime.session() as svc:
+        target = await svc.store("Hosted deployments run on PostgreSQL")
+        for text in ("The office cat is called Miso", "Lunch is served at noon on Fridays",
+                     "Our logo is dark blue", "Bob prefers tabs over spaces"):
+            await svc.store(text)
+        assert svc.jobs is not None
+        await Worker(svc.jobs, {"embed": svc.embed_jobs}).run_once()
+        result = await svc.search("what database do we use in production?", mode="semantic")
+        assert result.results[0].id == target.id
+        assert (await svc.status()).embedding_model == "local/sentence-transformers/all-MiniLM-L6-v2"
+
+
+async def test_reindex_switches_the_database_to_a_new_model(db_target: str, settings_for: Any) -> None:
+    async with Runtime(settings_for(db_target), FakeEmbedder("fake/one"), worker=False).session() as svc:
+        m = await svc.store("the cat naps")
+        await Worker(svc.jobs, {"embed": svc.embed_jobs}).run_once()
+    async with Runtime(settings_for(db_target), FakeEmbedder("fake/two"), worker=False,
+                       adopt_model=True).session() as svc:
+        assert svc.semantic is not None and await svc.storage.count_unembedded("fake/two") == 1
+        assert await svc.queue_unembedded() == 1
+        await Worker(svc.jobs, {"embed": svc.embed_jobs}).run_once()
+        assert [h.id for h in (await svc.search("pet", mode="semantic")).results] == [m.id]
+        assert (await svc.status()).embedding_model == "fake/two"
+
+
+def test_the_reindex_command_embeds_every_memory_with_the_real_model(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from tests.conftest import PYTHON, server_env
+
+    db = str(tmp_path / "reindex.db")
+    for text in ("Hosted deployments run on PostgreSQL", "The office cat is called Miso"):
+        subprocess.run([PYTHON, "-m", "server", "store", text], env=server_env(db), check=True,
+                       capture_output=True, timeout=60)
+    env = server_env(db, STACKMEMORY_EMBEDDINGS="local", STACKMEMORY_EMBEDDING_MODEL_PATH=str(shared_model()))
+    done = subprocess.run([PYTHON, "-m", "server", "reindex"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "2 of 2 memories embedded" in done.stderr
+    found = subprocess.run([PYTHON, "-m", "server", "search", "which database runs in production", "--mode",
+                            "semantic", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    result = json.loads(found.stdout)
+    assert result["mode"] == "semantic"
+    assert result["results"][0]["content"] == "Hosted deployments run on PostgreSQL"
