@@ -154,7 +154,7 @@ class MemoryService:
             hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory)) for s in found]
             return SearchResult(query=query, mode="keyword", results=hits, note=note)
         assert vector is not None and self.semantic is not None
-        pool = max(50, size * 3)
+        pool = max(100, size * 3)
         similar = await self.storage.search_vector(vector, self.semantic.model, where,
                                                    size if ran == "semantic" else pool)
         keyword = await self.storage.search_keyword(terms, where, pool) if ran == "hybrid" and terms else []
