@@ -15,7 +15,7 @@ from server.config import Settings
 from server.errors import ConfigError, EmbeddingUnavailable, StackMemoryError
 from server.jobs import Worker
 from server.project import detect_project
-from server.semantic import Semantic
+from server.semantic import Semantic, SharedCache
 from server.service import MemoryService
 from server.storage import open_storage
 
@@ -132,7 +132,9 @@ async def attach_embedder(storage: Storage, embedder: Embedder | None,
         )
     if recorded is None:
         await use_model(storage, embedder.name, dim)
-    return Semantic(embedder, embedder.name), None
+    # PostgreSQL shares cached query embeddings between server processes; SQLite keeps them in memory.
+    shared = storage if isinstance(storage, SharedCache) else None
+    return Semantic(embedder, embedder.name, shared), None
 
 
 async def use_model(storage: Storage, model: str, dim: int) -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from server.embeddings.base import Embedder
+from server.errors import StackMemoryError
 from server.models import Memory, ScoredMemory
 
 # Weight of the keyword ranking in hybrid search (the vector ranking gets the rest). Chosen on LoCoMo
@@ -13,27 +18,64 @@ from server.models import Memory, ScoredMemory
 KEYWORD_WEIGHT = 0.55
 
 
+log = logging.getLogger(__name__)
+CACHE_TTL_SECONDS = 7 * 86400.0
+
+
+@runtime_checkable
+class SharedCache(Protocol):
+    """A cache every server process sees (PostgreSQL's UNLOGGED table); losing it only costs time."""
+
+    async def cache_get(self, key: str) -> bytes | None: ...
+
+    async def cache_put(self, key: str, value: bytes, ttl: float) -> None: ...
+
+
 @dataclass
 class Semantic:
-    """The embedder in use, its model name (recorded in the database) and a query-embedding cache."""
+    """The embedder in use, its model name (recorded in the database) and the query-embedding caches:
+    this process's memory first, then the shared cache when there is one, then the embedder."""
 
     embedder: Embedder
     model: str
+    shared: SharedCache | None = None
     cache_size: int = 2048
     _cache: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
 
     async def query_vector(self, text: str) -> list[float]:
-        """The query's embedding; repeated queries are answered from memory, not the embedder."""
-        key = " ".join(text.split())
-        vector = self._cache.get(key)
+        """The query's embedding; repeated queries do not reach the embedder."""
+        query = " ".join(text.split())
+        vector = self._cache.get(query)
         if vector is not None:
-            self._cache.move_to_end(key)
+            self._cache.move_to_end(query)
             return vector
-        vector = await self.embedder.embed_query(key)
-        self._cache[key] = vector
+        key = "qvec:" + hashlib.sha256(f"{self.model}\0{query}".encode()).hexdigest()
+        vector = await self._shared_get(key)
+        if vector is None:
+            vector = await self.embedder.embed_query(query)
+            await self._shared_put(key, vector)
+        self._cache[query] = vector
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return vector
+
+    async def _shared_get(self, key: str) -> list[float] | None:
+        if self.shared is None:
+            return None
+        try:
+            blob = await self.shared.cache_get(key)
+        except StackMemoryError as exc:  # a cache must never fail a search
+            log.info("shared cache read failed: %s", exc)
+            return None
+        return list(array("f", blob)) if blob else None
+
+    async def _shared_put(self, key: str, vector: list[float]) -> None:
+        if self.shared is None:
+            return
+        try:
+            await self.shared.cache_put(key, array("f", vector).tobytes(), CACHE_TTL_SECONDS)
+        except StackMemoryError as exc:
+            log.info("shared cache write failed: %s", exc)
 
 
 @dataclass(frozen=True)

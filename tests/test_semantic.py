@@ -216,3 +216,13 @@ def test_the_reindex_command_embeds_every_memory_with_the_real_model(tmp_path: P
     result = json.loads(found.stdout)
     assert result["mode"] == "semantic"
     assert result["results"][0]["content"] == "Hosted deployments run on PostgreSQL"
+
+
+async def test_postgres_servers_share_cached_query_embeddings(pg_url: str, settings_for: Any) -> None:
+    first, second = FakeEmbedder(), FakeEmbedder()
+    async with Runtime(settings_for(pg_url), first, worker=False).session() as svc:
+        await svc.search("where is the staging database", mode="semantic")
+        assert first.calls == 1
+    async with Runtime(settings_for(pg_url), second, worker=False).session() as svc:
+        await svc.search("where  is the staging database", mode="semantic")
+        assert second.calls == 0  # answered by the UNLOGGED cache the first server filled

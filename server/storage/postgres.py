@@ -28,6 +28,8 @@ Q = migrations.queries("postgres")
 # Any constant works, as long as every StackMemory process uses the same one ("STACKMEM" in ASCII).
 MIGRATION_LOCK_KEY = 0x535441434B4D454D
 KEYWORD_POOL = 1000  # ranked candidates per keyword search; see queries.sql
+CACHE_MAX_ROWS = 50_000  # bound on the shared cache; trimmed every CACHE_TRIM_EVERY writes per process
+CACHE_TRIM_EVERY = 200
 # A live duplicate can be tombstoned between our INSERT ... DO NOTHING and the SELECT that follows.
 ADD_ATTEMPTS = 3
 
@@ -43,6 +45,7 @@ class PostgresStore:
         self.auto_migrate = auto_migrate
         self.min_size = min(min_size, max_size)
         self._pool: AsyncConnectionPool[Conn] | None = None
+        self._cache_puts = 0
 
     @property
     def location(self) -> str:
@@ -293,6 +296,19 @@ class PostgresStore:
         hits = [ScoredMemory.model_construct(memory=_memory(r), score=float(r["score"]), matched=[])
                 for r in rows]
         return sorted(hits, key=lambda h: -h.score)  # relaxed_order may return neighbours slightly out of order
+
+    # ---- shared cache (UNLOGGED) ---------------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> bytes | None:
+        rows = await self._fetch("cache_get", {"key": key})
+        return bytes(rows[0]["value"]) if rows else None
+
+    async def cache_put(self, key: str, value: bytes, ttl: float) -> None:
+        async with self._connection() as conn:
+            await conn.execute(Q["cache_put"], {"key": key, "value": value, "ttl": ttl})
+            self._cache_puts += 1
+            if self._cache_puts % CACHE_TRIM_EVERY == 0:
+                await conn.execute(Q["cache_trim"], {"max_rows": CACHE_MAX_ROWS})
 
     async def stats(self, now: datetime) -> StoreStats:
         (row,) = await self._fetch("stats", {"now": now})

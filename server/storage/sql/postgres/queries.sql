@@ -191,3 +191,15 @@ SELECT m.id, m.content, m.content_hash, m.kind, m.tags, m.project, m.importance,
    AND (m.expires_at IS NULL OR m.expires_at > %(now)s::timestamptz)
  ORDER BY v.embedding::vector({dim}) <=> %(embedding)s::vector({dim})
  LIMIT %(limit)s;
+
+-- name: cache_get
+SELECT value FROM cache WHERE key = %(key)s AND expires_at > now();
+
+-- name: cache_put
+INSERT INTO cache (key, value, expires_at) VALUES (%(key)s, %(value)s, now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at;
+
+-- name: cache_trim
+-- Expired entries go first; beyond %(max_rows)s entries, those closest to expiry go too.
+DELETE FROM cache WHERE expires_at <= now()
+   OR key IN (SELECT key FROM cache ORDER BY expires_at DESC OFFSET %(max_rows)s);
