@@ -33,10 +33,7 @@ def turns(conv: dict[str, Any]) -> list[tuple[str, str]]:
     while f"session_{k}" in conv:
         date = conv.get(f"session_{k}_date_time", "")
         for t in conv[f"session_{k}"]:
-            text = t["text"]
-            if t.get("blip_caption"):
-                text += f" [shares a photo: {t['blip_caption']}]"
-            out.append((t["dia_id"], f"[{date}] {t['speaker']}: {text}"))
+            out.append((t["dia_id"], f"[{date}] {t['speaker']}: {t['text']}"))
         k += 1
     return out
 
