@@ -36,6 +36,7 @@ INSTRUCTIONS = (
 
 
 _CONFIGURED = object()
+WARM_UP_DELAY = 1.0  # seconds after start-up before the embedding model loads
 
 
 class Runtime:
@@ -145,13 +146,25 @@ async def use_model(storage: Storage, model: str, dim: int) -> None:
 
 
 async def _prepare(service: MemoryService) -> None:
-    """Background start-up work: load the model, then queue any memory that has no vector yet."""
-    assert service.semantic is not None
+    """Background start-up work: load the model, then queue any memory that has no vector yet.
+
+    Until the model is loaded, default searches run keyword instead of waiting (a first start may
+    download the model). Loading starts a moment after start-up, so the client's handshake and first
+    calls are not slowed by importing the model's libraries."""
+    semantic = service.semantic
+    assert semantic is not None
+    semantic.warming = True
     try:
-        await service.semantic.embedder.warm_up()
+        await anyio.sleep(WARM_UP_DELAY)
+        await semantic.embedder.warm_up()
+    except StackMemoryError as exc:
+        log.warning("the embedding model did not load; searches run keyword until it does: %s", exc)
+    finally:
+        semantic.warming = False
+    try:
         await service.queue_unembedded()
     except StackMemoryError as exc:
-        log.warning("background preparation of semantic search failed: %s", exc)
+        log.warning("could not queue memories for embedding: %s", exc)
 
 
 def build_server(runtime: Runtime) -> MCPServer[Any]:

@@ -40,6 +40,7 @@ class Semantic:
     model: str
     shared: SharedCache | None = None
     cache_size: int = 2048
+    warming: bool = False  # the server is loading the model in the background right now
     _cache: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
 
     async def query_vector(self, text: str) -> list[float]:

@@ -169,6 +169,9 @@ class MemoryService:
             return "keyword", None, None
         if self.semantic is None:
             return "keyword", None, f"{self.semantic_off or 'semantic search is off'}; ran keyword search instead"
+        if mode is None and self.semantic.warming:
+            return "keyword", None, ("the embedding model is still loading (the first start may download it); "
+                                     "ran keyword search instead")
         try:
             vector = await self.semantic.query_vector(query)
         except EmbeddingUnavailable as exc:

@@ -226,3 +226,28 @@ async def test_postgres_servers_share_cached_query_embeddings(pg_url: str, setti
     async with Runtime(settings_for(pg_url), second, worker=False).session() as svc:
         await svc.search("where  is the staging database", mode="semantic")
         assert second.calls == 0  # answered by the UNLOGGED cache the first server filled
+
+
+async def test_default_searches_do_not_wait_while_the_model_loads(db_target: str, settings_for: Any) -> None:
+    import anyio
+
+    class SlowToLoad(FakeEmbedder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = anyio.Event()
+
+        async def warm_up(self) -> None:
+            await self.release.wait()
+
+    embedder = SlowToLoad()
+    async with Runtime(settings_for(db_target), embedder).session() as svc:
+        await svc.store("deploy notes for friday")
+        with anyio.fail_after(5):
+            while svc.semantic is None or not svc.semantic.warming:
+                await anyio.sleep(0.01)
+            result = await svc.search("deploy")
+        assert result.mode == "keyword" and "still loading" in (result.note or "")
+        embedder.release.set()
+        with anyio.fail_after(5):
+            while (await svc.search("deploy")).mode != "hybrid":
+                await anyio.sleep(0.02)
