@@ -104,8 +104,10 @@ def params(args: list[str], env: dict[str, str] | None = None) -> StdioServerPar
 
 
 def sm_env(db: Path) -> dict[str, str]:
+    # Keyword search, as issue 2's targets are stated; bench_semantic.py measures hybrid with the model.
     return {**os.environ, "STACKMEMORY_DB": str(db), "STACKMEMORY_PROJECT": "bench",
-            "STACKMEMORY_LOG_LEVEL": "WARNING"}
+            "STACKMEMORY_LOG_LEVEL": "WARNING", "STACKMEMORY_EMBEDDINGS": os.environ.get(
+                "STACKMEMORY_EMBEDDINGS", "none")}
 
 
 async def cold_start(make: Callable[[], StdioServerParameters], runs: int) -> float:
