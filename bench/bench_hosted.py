@@ -142,7 +142,9 @@ def start_server(a: argparse.Namespace, transport: str, db: str, log: Path) -> t
     exe = shutil.which("stackmemory", path=str(Path(sys.executable).parent))
     cmd = [exe] if exe else [sys.executable, "-m", "server"]
     env = {**os.environ, "STACKMEMORY_DB": db, "STACKMEMORY_POOL_MAX": str(a.pool_max),
-           "STACKMEMORY_PROJECT": "bench", "STACKMEMORY_LOG_LEVEL": "WARNING"}
+           "STACKMEMORY_PROJECT": "bench", "STACKMEMORY_LOG_LEVEL": "WARNING", "STACKMEMORY_EMBEDDINGS": "none"}
+    if a.model_path:  # hybrid search with the real model; vectors must already be in the database
+        env.update(STACKMEMORY_EMBEDDINGS="local", STACKMEMORY_EMBEDDING_MODEL_PATH=a.model_path)
     proc = subprocess.Popen([*cmd, "serve", "--transport", transport, "--port", str(port)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=log.open("ab"))
     base = f"http://127.0.0.1:{port}"
@@ -221,7 +223,7 @@ def with_db(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
-async def prefill(url: str, n: int, seed: int) -> float:
+async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> float:
     import psycopg
 
     from server.ids import new_id
@@ -248,8 +250,34 @@ async def prefill(url: str, n: int, seed: int) -> float:
                     await copy.write_row((new_id(), m["content"], h, m["kind"], json.dumps(m["tags"]),
                                           m["project"], m["importance"], "{}", rng.choice(["alice", "bob", "ci"]),
                                           at, at))
+        if vectors:
+            await _prefill_vectors(conn, url, rng)
         await conn.execute("ANALYZE memories")
     return time.perf_counter() - t0
+
+
+MODEL_NAME = "local/sentence-transformers/all-MiniLM-L6-v2"
+
+
+async def _prefill_vectors(conn: Any, url: str, rng: random.Random) -> None:
+    """Random unit vectors for every memory (search cost does not depend on the values), copied in before
+    the HNSW index is built, which is much faster than indexing row by row."""
+    from server.app import use_model
+    from server.storage.postgres import PostgresStore
+
+    ids = [r[0] for r in await (await conn.execute("SELECT id FROM memories")).fetchall()]
+    async with conn.cursor() as cur:
+        async with cur.copy("COPY memory_vectors (memory_id, model, embedding) FROM STDIN") as copy:
+            for memory_id in ids:
+                v = [rng.gauss(0, 1) for _ in range(384)]
+                norm = sum(x * x for x in v) ** 0.5
+                await copy.write_row((memory_id, MODEL_NAME, "[" + ",".join(f"{x / norm:.6f}" for x in v) + "]"))
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        await use_model(store, MODEL_NAME, 384)  # records the model and builds the HNSW index
+    finally:
+        await store.close()
 
 
 async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tuple[str, list[float], float | None]]:
@@ -338,7 +366,7 @@ def run(a: argparse.Namespace) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
             pg_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         db = with_db(admin, name)
-        secs = asyncio.run(prefill(db, a.n, a.seed))
+        secs = asyncio.run(prefill(db, a.n, a.seed, vectors=bool(a.model_path)))
         print(f"machine: nproc={os.cpu_count()}, {platform.machine()} {platform.system()}, python "
               f"{platform.python_version()}, PostgreSQL {pg_version}; N = {a.n:,} memories (COPY prefill + "
               f"ANALYZE {secs:.1f} s); pool max {a.pool_max}; load from {a.workers} worker processes; mix "
@@ -419,6 +447,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="load generator processes (default 2)")
     p.add_argument("--call-timeout", type=float, default=30, help="seconds before a call counts as failed")
     p.add_argument("--database-url", help="use this PostgreSQL (a database is created in it) instead of embedded")
+    p.add_argument("--model-path", default="", help="serve with this local embedding model (hybrid search; "
+                   "the prefilled memories get random unit vectors); default: embeddings off (keyword)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
