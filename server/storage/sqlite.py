@@ -234,7 +234,7 @@ class SQLiteStore:
             return []
         # Each term is quoted as an FTS5 string, so no user text is ever parsed as query syntax.
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-        pool = max(50, limit * 5)
+        pool = limit + 40  # FTS-ranked candidates joined and filtered; the rest only if filters need them
         params = {**_filter(where), "limit": limit, "match": match, "pool": pool}
         rows = await self._fetch("search_keyword", params)
         if len(rows) < limit and (not rows or rows[0]["pooled"] == pool):
@@ -278,7 +278,7 @@ class SQLiteStore:
     async def search_vector(self, vector: list[float], model: str, where: MemoryFilter,
                             limit: int) -> list[ScoredMemory]:
         index = await self._vector_index(model, len(vector))
-        pool = max(50, limit * 5)
+        pool = limit + 20  # a little extra for deleted, changed or filtered-out neighbours
         found = await self._filtered_hits(index.search(vector, pool), where, model)
         if len(found) < limit and len(index) > pool:
             # Filters (or deletions) removed too many: rank only the memories the filters allow.

@@ -55,7 +55,7 @@ UPDATE jobs
 RETURNING status;
 
 -- name: counts
-SELECT status, count(*) AS n FROM jobs GROUP BY status;
+SELECT status, count(*) AS n FROM jobs WHERE status IN ('queued', 'running', 'dead') GROUP BY status;
 
 -- name: retry_dead
 -- One job per key comes back (the newest), and none where a pending one already waits.

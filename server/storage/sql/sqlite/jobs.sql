@@ -16,13 +16,17 @@ UPDATE jobs
    AND kind IN (SELECT value FROM json_each(:kinds));
 
 -- name: claim
--- Queued jobs that are due, and running jobs whose lease expired (their worker crashed).
+-- Queued jobs that are due, and running jobs whose lease expired (their worker crashed). Two branches,
+-- each an index range on (status, ...), so finished jobs kept for inspection are never walked.
 UPDATE jobs
    SET status = 'running', attempts = attempts + 1, locked_until = :locked_until, updated_at = :now
- WHERE id IN (SELECT id FROM jobs
-               WHERE kind IN (SELECT value FROM json_each(:kinds))
-                 AND ((status = 'queued' AND run_after <= :now)
-                      OR (status = 'running' AND locked_until <= :now))
+ WHERE id IN (SELECT id FROM (SELECT id FROM jobs
+                              WHERE status = 'queued' AND run_after <= :now
+                                AND kind IN (SELECT value FROM json_each(:kinds))
+                             UNION ALL
+                             SELECT id FROM jobs
+                              WHERE status = 'running' AND locked_until <= :now
+                                AND kind IN (SELECT value FROM json_each(:kinds)))
                ORDER BY id
                LIMIT :limit)
 RETURNING id, kind, key, payload, attempts, max_attempts;
@@ -49,7 +53,7 @@ UPDATE jobs
 RETURNING status;
 
 -- name: counts
-SELECT status, count(*) AS n FROM jobs GROUP BY status;
+SELECT status, count(*) AS n FROM jobs WHERE status IN ('queued', 'running', 'dead') GROUP BY status;
 
 -- name: retry_dead
 -- One job per key comes back (the newest), and none where a pending one already waits.
