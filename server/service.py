@@ -9,6 +9,8 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from server import __version__
 from server.config import Settings
 from server.errors import EmbeddingUnavailable, InvalidInput, NotFound
@@ -23,6 +25,7 @@ from server.models import (
     MemoryPatch,
     NewMemory,
     ProjectContext,
+    ScoredMemory,
     SearchHit,
     SearchMode,
     SearchResult,
@@ -145,20 +148,32 @@ class MemoryService:
         where = self._filter(project, kinds, tags, since, until)
         size = _limit(limit, 100)
         terms = search_terms(query)
-        ran, vector, note = await self._plan(query, mode)
+        keyword_only = mode == "keyword" or self.semantic is None
+        pool = size if keyword_only else max(100, size * 3)  # hybrid fuses deeper candidate lists
+        keyword: list[ScoredMemory] = []
+
+        async def keyword_pool() -> None:
+            nonlocal keyword
+            keyword = await self.storage.search_keyword(terms, where, pool)
+
+        # The keyword ranking runs while the query is embedded: both wait on threads that release the GIL
+        # (SQLite or PostgreSQL, and ONNX Runtime), so hybrid search costs little more than the slower one.
+        async with anyio.create_task_group() as tg:
+            if terms and mode != "semantic":
+                tg.start_soon(keyword_pool)
+            ran, vector, note = await self._plan(query, mode)
         if ran == "keyword":
             if not terms:
                 return SearchResult(query=query, mode="keyword", results=[], note=note or (
                     "the query has no searchable words (letters or digits); nothing matched"))
-            found = await self.storage.search_keyword(terms, where, size)
-            hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory)) for s in found]
+            if mode == "semantic":  # fell back from semantic, so the pool was not fetched
+                await keyword_pool()
+            hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory)) for s in keyword[:size]]
             return SearchResult(query=query, mode="keyword", results=hits, note=note)
         assert vector is not None and self.semantic is not None
-        pool = max(100, size * 3)
         similar = await self.storage.search_vector(vector, self.semantic.model, where,
                                                    size if ran == "semantic" else pool)
-        keyword = await self.storage.search_keyword(terms, where, pool) if ran == "hybrid" and terms else []
-        fused = fuse(keyword, similar, size)
+        fused = fuse(keyword if ran == "hybrid" else [], similar, size)
         hits = [SearchHit.of(f.memory, round(f.score if ran == "hybrid" else f.similarity or 0.0, 6),
                              _semantic_reason(terms, f)) for f in fused]
         return SearchResult(query=query, mode=ran, results=hits, note=await self._pending_note())
