@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -73,12 +74,24 @@ class MemoryFilter(BaseModel):
     now: datetime = Field(description="Memories that expired before this instant are left out.")
 
 
-class ScoredMemory(BaseModel):
-    """A storage-level search candidate: the memory, its raw score and the query terms it matched."""
+class ScoredMemory:
+    """A storage-level search candidate: its id, raw score, and the memory, built from the database row
+    only when asked for. Hybrid search ranks a few hundred candidates per query and shows ten, and
+    building every Memory was a measurable share of its latency."""
 
-    memory: Memory
-    score: float
-    matched: list[str]
+    __slots__ = ("_load", "_memory", "id", "score")
+
+    def __init__(self, memory_id: str, score: float, load: Callable[[], Memory]) -> None:
+        self.id = memory_id
+        self.score = score
+        self._load = load
+        self._memory: Memory | None = None
+
+    @property
+    def memory(self) -> Memory:
+        if self._memory is None:
+            self._memory = self._load()
+        return self._memory
 
 
 class StoreStats(BaseModel):

@@ -94,12 +94,12 @@ def fuse(keyword: list[ScoredMemory], vector: list[ScoredMemory], limit: int,
     (R@5 0.60 vs 0.55 with k=60), because it keeps how far apart the scores are, not only their order."""
     kw = _normalised(keyword)
     vec = _normalised(vector)
-    memories = {h.memory.id: h.memory for h in [*keyword, *vector]}
-    scores = {i: keyword_weight * kw.get(i, 0.0) + (1 - keyword_weight) * vec.get(i, 0.0) for i in memories}
-    keyword_rank = {h.memory.id: rank for rank, h in enumerate(keyword, start=1)}
-    similarity = {h.memory.id: h.score for h in vector}
+    candidates = {h.id: h for h in [*keyword, *vector]}
+    scores = {i: keyword_weight * kw.get(i, 0.0) + (1 - keyword_weight) * vec.get(i, 0.0) for i in candidates}
+    keyword_rank = {h.id: rank for rank, h in enumerate(keyword, start=1)}
+    similarity = {h.id: h.score for h in vector}
     best = sorted(scores, key=lambda i: (-scores[i], i))[:limit]
-    return [Fused(memories[i], scores[i], keyword_rank.get(i), similarity.get(i)) for i in best]
+    return [Fused(candidates[i].memory, scores[i], keyword_rank.get(i), similarity.get(i)) for i in best]
 
 
 def _normalised(hits: list[ScoredMemory]) -> dict[str, float]:
@@ -107,4 +107,4 @@ def _normalised(hits: list[ScoredMemory]) -> dict[str, float]:
         return {}
     low = min(h.score for h in hits)
     span = max(h.score for h in hits) - low
-    return {h.memory.id: (h.score - low) / span if span > 0 else 1.0 for h in hits}
+    return {h.id: (h.score - low) / span if span > 0 else 1.0 for h in hits}

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
@@ -244,7 +245,7 @@ class PostgresStore:
         query = " or ".join(terms)
         rows = await self._fetch("search_keyword", {**_filter(where), "limit": limit, "q": query,
                                                     "pool": KEYWORD_POOL})
-        return [ScoredMemory.model_construct(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
+        return [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r)) for r in rows]
 
     # ---- vectors and settings -------------------------------------------------------------------------
 
@@ -293,7 +294,7 @@ class PostgresStore:
             await conn.execute(Q["vector_scan_settings"])
             cur = await conn.execute(query, params)
             rows = await cur.fetchall()
-        hits = [ScoredMemory.model_construct(memory=_memory(r), score=float(r["score"]), matched=[])
+        hits = [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r))
                 for r in rows]
         return sorted(hits, key=lambda h: -h.score)  # relaxed_order may return neighbours slightly out of order
 

@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -239,7 +240,7 @@ class SQLiteStore:
         rows = await self._fetch("search_keyword", params)
         if len(rows) < limit and (not rows or rows[0]["pooled"] == pool):
             rows = await self._fetch("search_keyword_all", params)
-        return [ScoredMemory.model_construct(memory=_memory(r), score=float(r["score"]), matched=[]) for r in rows]
+        return [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r)) for r in rows]
 
     # ---- vectors and settings -------------------------------------------------------------------------
 
@@ -293,7 +294,7 @@ class SQLiteStore:
         rows = await self._fetch("memories_in", {**_filter(where), "ids": _json([i for i, _ in hits]),
                                                  "model": model})
         by_id = {r["id"]: r for r in rows}
-        return [ScoredMemory.model_construct(memory=_memory(by_id[i]), score=score, matched=[])
+        return [ScoredMemory(i, score, partial(_memory, by_id[i]))
                 for i, score in hits if i in by_id]
 
     async def _vector_index(self, model: str, dim: int) -> VectorIndex:
