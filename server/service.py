@@ -150,15 +150,20 @@ class MemoryService:
 
         # The keyword ranking runs while the query is embedded: both wait on threads that release the GIL
         # (SQLite or PostgreSQL, and ONNX Runtime), so hybrid search costs little more than the slower one.
-        async with anyio.create_task_group() as tg:
-            if terms and mode != "semantic":
-                tg.start_soon(keyword_pool)
+        if keyword_only:
             ran, vector, note = await self._plan(query, mode)
+            if terms:
+                await keyword_pool()
+        else:
+            async with anyio.create_task_group() as tg:
+                if terms and mode != "semantic":
+                    tg.start_soon(keyword_pool)
+                ran, vector, note = await self._plan(query, mode)
         if ran == "keyword":
             if not terms:
                 return SearchResult(query=query, mode="keyword", results=[], note=note or (
                     "the query has no searchable words (letters or digits); nothing matched"))
-            if mode == "semantic":  # fell back from semantic, so the pool was not fetched
+            if mode == "semantic" and not keyword_only:  # fell back from semantic: no pool fetched yet
                 await keyword_pool()
             hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory)) for s in keyword[:size]]
             return SearchResult(query=query, mode="keyword", results=hits, note=note)
