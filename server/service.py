@@ -181,6 +181,9 @@ class MemoryService:
             return "keyword", None, None
         if self.semantic is None:
             return "keyword", None, f"{self.semantic_off or 'semantic search is off'}; ran keyword search instead"
+        failure = getattr(self.semantic.embedder, "last_failure", None)
+        if mode is None and failure:  # the worker retries loading in the background; searches don't wait
+            return "keyword", None, f"semantic search is unavailable ({failure}); ran keyword search instead"
         if mode is None and self.semantic.warming:
             return "keyword", None, ("the embedding model is still loading (the first start may download it); "
                                      "ran keyword search instead")

@@ -251,3 +251,17 @@ async def test_default_searches_do_not_wait_while_the_model_loads(db_target: str
         with anyio.fail_after(5):
             while (await svc.search("deploy")).mode != "hybrid":
                 await anyio.sleep(0.02)
+
+
+async def test_default_searches_do_not_retry_a_model_that_failed_to_load(db_target: str, settings_for: Any) -> None:
+    class Broken(FakeEmbedder):
+        last_failure = "the model could not be downloaded (no network)"
+
+        async def embed_query(self, text: str) -> list[float]:
+            raise AssertionError("a default search must not wait for a reload")
+
+    async with Runtime(settings_for(db_target), Broken(), worker=False).session() as svc:
+        await svc.store("deploy notes")
+        result = await svc.search("deploy")
+        assert result.mode == "keyword" and "could not be downloaded" in (result.note or "")
+        assert [h.content for h in result.results] == ["deploy notes"]

@@ -94,6 +94,11 @@ class LocalEmbedder:
     def loaded(self) -> bool:
         return self._runner is not None
 
+    @property
+    def last_failure(self) -> str | None:
+        """Why the last attempt to load the model failed, while it is still not loaded."""
+        return str(self._failure[1]) if self._failure is not None and self._runner is None else None
+
     async def dimension(self) -> int:
         if self._dim is None:
             self._dim = await anyio.to_thread.run_sync(self._known_dimension)
