@@ -85,6 +85,7 @@ class LocalEmbedder:
         self._failure: tuple[float, EmbeddingUnavailable] | None = None
         self._dim: int | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        self._query_limiter: anyio.CapacityLimiter | None = None
 
     @property
     def name(self) -> str:
@@ -110,6 +111,9 @@ class LocalEmbedder:
         await self._runner_ready()
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        return await self._embed(texts, self._capacity())
+
+    async def _embed(self, texts: Sequence[str], limiter: anyio.CapacityLimiter) -> list[list[float]]:
         if not texts:
             return []
         runner = await self._runner_ready()
@@ -119,13 +123,17 @@ class LocalEmbedder:
         for chunk in batches(order, self._batch_size):
             # The limiter is taken per batch, so a query can slip in between the batches of a long re-index.
             out = await anyio.to_thread.run_sync(self._run, runner, [texts[i] for i in chunk],
-                                                 limiter=self._capacity())
+                                                 limiter=limiter)
             for i, vector in zip(chunk, out, strict=True):
                 vectors[i] = vector
         return vectors
 
     async def embed_query(self, text: str) -> list[float]:
-        (vector,) = await self.embed_documents([text])
+        # Queries have a lane of their own (ONNX Runtime sessions take concurrent runs), so a search never
+        # waits behind a batch of documents the background worker is embedding.
+        if self._query_limiter is None:
+            self._query_limiter = anyio.CapacityLimiter(1)
+        (vector,) = await self._embed([text], self._query_limiter)
         return vector
 
     async def close(self) -> None:
