@@ -73,10 +73,6 @@ class JobQueue(Protocol):
         """Queue dead jobs again with fresh attempts; return how many."""
         ...
 
-    async def set_meta(self, key: str, value: str) -> None: ...
-
-    async def get_meta(self, key: str) -> str | None: ...
-
 
 Handler = Callable[[list[Job]], Awaitable[None]]
 

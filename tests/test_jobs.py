@@ -212,14 +212,14 @@ async def test_the_worker_survives_an_unavailable_database_and_resumes(store: An
 async def test_storing_a_memory_queues_no_embedding_without_an_embedder(svc: MemoryService, store: Any) -> None:
     queue = queue_for(store)
     await svc.store("nobody will embed this")
-    assert await queue.get_meta("embedding_model") is None
+    assert await store.get_meta("embedding_model") is None
     assert await queue.counts() == JobCounts(pending=0, running=0, failed=0)
 
 
 async def test_storing_and_changing_a_memory_queues_one_embedding(svc: MemoryService, store: Any) -> None:
     queue = queue_for(store)
-    await queue.set_meta("embedding_model", "x")
-    assert await queue.get_meta("embedding_model") == "x"
+    await store.set_meta("embedding_model", "x")
+    assert await store.get_meta("embedding_model") == "x"
     memory = await svc.store("we use ruff for linting")
     assert await queue.counts() == JobCounts(pending=1, running=0, failed=0)
     again = await svc.store("We use ruff  for linting")

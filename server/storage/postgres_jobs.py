@@ -71,13 +71,6 @@ class PostgresJobs:
             await conn.execute(J["drop_covered_dead"], {"kind": kind})
         return max(requeued, 0)
 
-    async def set_meta(self, key: str, value: str) -> None:
-        await self._run("set_meta", {"key": key, "value": value})
-
-    async def get_meta(self, key: str) -> str | None:
-        rows = await self._run("get_meta", {"key": key})
-        return str(rows[0]["value"]) if rows else None
-
     async def _run(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         async with self.store._connection() as conn:
             cur = await conn.execute(J[name], params)

@@ -71,13 +71,6 @@ class SQLiteJobs:
             await (await db.execute(J["drop_covered_dead"], params)).close()
         return max(requeued, 0)
 
-    async def set_meta(self, key: str, value: str) -> None:
-        await self._run("set_meta", {"key": key, "value": value})
-
-    async def get_meta(self, key: str) -> str | None:
-        rows = await self._run("get_meta", {"key": key})
-        return str(rows[0]["value"]) if rows else None
-
     async def _run(self, name: str, params: dict[str, Any]) -> list[Any]:
         """One statement on the writer connection: atomic on its own, and it sees every committed job."""
         async with self.store._statement() as db:

@@ -1,4 +1,4 @@
--- Named queries for the PostgreSQL job queue and settings. %(kinds)s and %(ids)s are arrays; times come
+-- Named queries for the PostgreSQL job queue. %(kinds)s and %(ids)s are arrays; times come
 -- from the server's clock (now()), so several hosts agree on when a lease expires.
 
 -- name: enqueue
@@ -72,10 +72,3 @@ UPDATE jobs
 DELETE FROM jobs
  WHERE status = 'dead' AND key IS NOT NULL AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
    AND EXISTS (SELECT 1 FROM jobs AS q WHERE q.kind = jobs.kind AND q.key = jobs.key AND q.status = 'queued');
-
--- name: set_meta
-INSERT INTO meta (key, value) VALUES (%(key)s, %(value)s)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-
--- name: get_meta
-SELECT value FROM meta WHERE key = %(key)s;

@@ -1,4 +1,4 @@
--- Named queries for the SQLite job queue and settings. Times are bound from Python as UTC ISO text
+-- Named queries for the SQLite job queue. Times are bound from Python as UTC ISO text
 -- (:now, :run_after, :locked_until, :cutoff); :kinds and :ids are JSON arrays.
 
 -- name: enqueue
@@ -70,10 +70,3 @@ UPDATE jobs
 DELETE FROM jobs
  WHERE status = 'dead' AND key IS NOT NULL AND (:kind IS NULL OR kind = :kind)
    AND EXISTS (SELECT 1 FROM jobs AS q WHERE q.kind = jobs.kind AND q.key = jobs.key AND q.status = 'queued');
-
--- name: set_meta
-INSERT INTO meta (key, value) VALUES (:key, :value)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-
--- name: get_meta
-SELECT value FROM meta WHERE key = :key;
