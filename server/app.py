@@ -101,10 +101,11 @@ class Runtime:
         if semantic is not None and self._run_worker:
             self.worker = Worker(queue, {"embed": service.embed_jobs}, batch=64)
             service.on_write = self.worker.notify
-            stop = anyio.Event()
             tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(stop.set)
-            tg.start_soon(self.worker.run, stop)
+            # Closing cancels the background work: an unfinished batch is claimed again when its lease
+            # runs out, and a model still downloading is abandoned rather than waited for.
+            stack.callback(tg.cancel_scope.cancel)
+            tg.start_soon(self.worker.run)
             tg.start_soon(_prepare, service)
         return service
 

@@ -43,10 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
+    import os
+
     from server.app import Runtime
     from server.transports import serve
 
-    return serve(Runtime(settings))
+    code = serve(Runtime(settings))
+    # Everything is closed by now. A model download abandoned at shutdown may still hold a worker
+    # thread (fastembed retries for about 40 s); exiting here keeps the client from waiting on it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:

@@ -146,7 +146,8 @@ class LocalEmbedder:
 
     async def _runner_ready(self) -> Runner:
         if self._runner is None:
-            runner = await anyio.to_thread.run_sync(self._load_once, limiter=self._capacity())
+            runner = await anyio.to_thread.run_sync(self._load_once, limiter=self._capacity(),
+                                                    abandon_on_cancel=True)
             self._runner = runner
         return self._runner
 
