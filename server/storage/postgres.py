@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -349,11 +350,17 @@ def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, 
     }
 
 
+def _json_value(value: Any) -> Any:
+    """jsonb arrives parsed, or as text from the search queries (parsed here, only for shown hits)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _memory(row: DictRow) -> Memory:
     # Rows were validated on the way in and arrive typed; model_construct skips re-validating them.
     return Memory.model_construct(
-        id=row["id"], content=row["content"], kind=row["kind"], tags=row["tags"], project=row["project"],
-        importance=row["importance"], metadata=row["metadata"], author=row["author"],
+        id=row["id"], content=row["content"], kind=row["kind"], tags=_json_value(row["tags"]),
+        project=row["project"], importance=row["importance"], metadata=_json_value(row["metadata"]),
+        author=row["author"],
         created_at=row["created_at"], updated_at=row["updated_at"], expires_at=row["expires_at"],
         version=row["version"], deleted_at=row["deleted_at"],
     )

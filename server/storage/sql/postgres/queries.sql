@@ -111,7 +111,9 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
 -- Only the %(pool)s most recent matches are ranked: an OR of common words can match a large share of the
 -- table, and reading and ranking every match is what made this query slow (31 ms vs 3 ms at 100k rows).
 -- The planner walks the id index newest-first for common words and uses the GIN index for rare ones.
-SELECT m.id, m.content, m.content_hash, m.kind, m.tags, m.project, m.importance, m.metadata, m.author,
+-- tags and metadata come back as text: most candidates are never shown, so they are parsed only when needed.
+SELECT m.id, m.content, m.content_hash, m.kind, m.tags::text AS tags, m.project, m.importance,
+       m.metadata::text AS metadata, m.author,
        m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at,
        ts_rank(m.search, q.query) AS score
   FROM (SELECT * FROM memories
@@ -177,7 +179,9 @@ SELECT m.id FROM memories AS m
 -- name: search_vector
 -- {dim} is the model's dimension as a literal: the HNSW index is on this exact cast. Run with
 -- hnsw.iterative_scan on, so filters that reject many neighbours still fill the page (pgvector 0.8).
-SELECT m.id, m.content, m.content_hash, m.kind, m.tags, m.project, m.importance, m.metadata, m.author,
+-- tags and metadata come back as text: most candidates are never shown, so they are parsed only when needed.
+SELECT m.id, m.content, m.content_hash, m.kind, m.tags::text AS tags, m.project, m.importance,
+       m.metadata::text AS metadata, m.author,
        m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at,
        1 - (v.embedding::vector({dim}) <=> %(embedding)s::vector({dim})) AS score
   FROM memory_vectors AS v JOIN memories AS m ON m.id = v.memory_id
