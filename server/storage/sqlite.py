@@ -30,6 +30,7 @@ BUSY_TIMEOUT_MS = 5000
 # so two servers on one file never surface "database is locked" under ordinary contention.
 BEGIN_ATTEMPTS = 8
 OPEN_ATTEMPTS = 5
+KEYWORD_RECENT = 1000  # keyword search ranks this many of the newest matches; see queries.sql
 
 
 def ts(value: datetime | None) -> str | None:
@@ -236,7 +237,7 @@ class SQLiteStore:
         # Each term is quoted as an FTS5 string, so no user text is ever parsed as query syntax.
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
         pool = limit + 40  # FTS-ranked candidates joined and filtered; the rest only if filters need them
-        params = {**_filter(where), "limit": limit, "match": match, "pool": pool}
+        params = {**_filter(where), "limit": limit, "match": match, "pool": pool, "recent": KEYWORD_RECENT}
         rows = await self._fetch("search_keyword", params)
         if len(rows) < limit and (not rows or rows[0]["pooled"] == pool):
             rows = await self._fetch("search_keyword_all", params)

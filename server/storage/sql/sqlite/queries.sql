@@ -56,11 +56,18 @@ SELECT * FROM memories
  LIMIT :limit;
 
 -- name: search_keyword
--- The best :pool keyword matches are picked from the FTS index alone (cheap), then joined and filtered.
--- When filters reject too many of them the adapter re-runs search_keyword_all, which filters first.
-WITH top AS (
+-- Only the :recent newest matches are ranked (as on PostgreSQL): the FTS index finds the rowid of the
+-- :recent-th newest match cheaply, and BM25 then scores rows from there on; scoring every match of
+-- common words was what made a 100k-row search take 10 ms instead of 2. The best :pool of those are
+-- joined and filtered; when filters reject too many, the adapter re-runs search_keyword_all.
+WITH floor AS (
+    SELECT coalesce(min(rowid), 0) AS lo FROM (
+        SELECT rowid FROM memories_fts WHERE memories_fts MATCH :match ORDER BY rowid DESC LIMIT :recent)
+),
+top AS (
     SELECT rowid, bm25(memories_fts, 1.0, 0.5) AS rank FROM memories_fts
-     WHERE memories_fts MATCH :match ORDER BY rank LIMIT :pool
+     WHERE memories_fts MATCH :match AND rowid >= (SELECT lo FROM floor)
+     ORDER BY rank LIMIT :pool
 )
 SELECT m.*, -top.rank AS score, (SELECT count(*) FROM top) AS pooled
   FROM top JOIN memories AS m ON m.rowid = top.rowid
