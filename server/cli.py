@@ -84,9 +84,8 @@ async def _reindex(settings: Settings) -> int:
         await svc.queue_unembedded()
         total = await svc.storage.count_unembedded(svc.semantic.model)
         worker = Worker(svc.jobs, {"embed": svc.embed_jobs}, batch=64)
-        done = 0
-        while (handled := await worker.run_once()) or done == 0:
-            done += handled
+        while True:
+            handled = await worker.run_once()
             left = await svc.storage.count_unembedded(svc.semantic.model)
             _progress(total - left, total)
             if not handled:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +39,13 @@ class JobCounts:
     pending: int
     running: int
     failed: int
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> JobCounts:
+        """From (status, n) rows of the adapters' `counts` query; dead jobs count as failed."""
+        by_status = {r["status"]: int(r["n"]) for r in rows}
+        return cls(pending=by_status.get("queued", 0), running=by_status.get("running", 0),
+                   failed=by_status.get("dead", 0))
 
 
 class JobError(Exception):

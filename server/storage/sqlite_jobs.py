@@ -57,10 +57,7 @@ class SQLiteJobs:
                                  "run_after": ts(now + timedelta(seconds=wait))})
 
     async def counts(self) -> JobCounts:
-        rows = await self._run("counts", {})
-        by_status = {r["status"]: int(r["n"]) for r in rows}
-        return JobCounts(pending=by_status.get("queued", 0), running=by_status.get("running", 0),
-                         failed=by_status.get("dead", 0))
+        return JobCounts.from_rows(await self._run("counts", {}))
 
     async def retry_dead(self, kind: str | None = None) -> int:
         params = {"kind": kind, "now": ts(datetime.now(UTC))}
