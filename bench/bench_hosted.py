@@ -34,6 +34,17 @@ def make_query(rng: random.Random) -> str:
     return " ".join(rng.sample(VOCAB, rng.randint(2, 4)))
 
 
+def query_source(cfg: dict[str, Any]) -> Any:
+    """Every query new (distinct 0), or drawn from `distinct` fixed queries with Zipf (s=1) popularity, as a
+    team's assistants repeat questions: then the shared query-embedding cache answers most of them."""
+    if not cfg.get("distinct"):
+        return make_query
+    fixed = random.Random(cfg["query_seed"])  # the same queries in every worker
+    pool = [make_query(fixed) for _ in range(cfg["distinct"])]
+    weights = [1 / (rank + 1) for rank in range(len(pool))]
+    return lambda rng: rng.choices(pool, weights)[0]
+
+
 # ---- worker mode: one process driving half the clients ------------------------------------------------
 
 
@@ -43,6 +54,7 @@ async def client_loop(cfg: dict[str, Any], idx: int, ready: asyncio.Event, go: a
     from mcp.client.sse import sse_client
 
     rng = random.Random(cfg["seed"] * 100_003 + idx)
+    next_query = query_source(cfg)
     url = cfg["url"]
     target: Any = Client(sse_client(url + "/sse")) if cfg["transport"] == "sse" else Client(url + "/mcp")
     try:
@@ -58,7 +70,7 @@ async def client_loop(cfg: dict[str, Any], idx: int, ready: asyncio.Event, go: a
                 if cfg["noop"]:
                     name, args = "noop", {"text": make_memory(rng)["content"]}
                 elif rng.random() < cfg["search_share"]:
-                    name, args = "search_memory", {"query": make_query(rng), "limit": 10}
+                    name, args = "search_memory", {"query": next_query(rng), "limit": 10}
                 else:
                     n += 1
                     args = make_memory(rng)
@@ -161,7 +173,8 @@ def run_load(a: argparse.Namespace, url: str, transport: str, clients: int, thin
             share = clients // a.workers + (1 if w < clients % a.workers else 0)
             cfg = {"url": url, "transport": transport, "clients": share, "think": think, "worker": w,
                    "seed": a.seed * 1000 + w + int(time.time()), "search_share": a.search_share,
-                   "call_timeout": a.call_timeout, "noop": noop}
+                   "call_timeout": a.call_timeout, "noop": noop, "distinct": a.distinct_queries,
+                   "query_seed": a.seed}
             procs.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(cfg)], cwd=ROOT,
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for p in procs:
@@ -370,7 +383,10 @@ def run(a: argparse.Namespace) -> None:
         print(f"machine: nproc={os.cpu_count()}, {platform.machine()} {platform.system()}, python "
               f"{platform.python_version()}, PostgreSQL {pg_version}; N = {a.n:,} memories (COPY prefill + "
               f"ANALYZE {secs:.1f} s); pool max {a.pool_max}; load from {a.workers} worker processes; mix "
-              f"{a.search_share:.0%} search_memory (2-4 words, limit 10) / {1 - a.search_share:.0%} store_memory",
+              f"{a.search_share:.0%} search_memory (2-4 words, limit 10; "
+              f"{f'{a.distinct_queries:,} distinct queries, Zipf' if a.distinct_queries else 'every query new'}) / "
+              f"{1 - a.search_share:.0%} store_memory; search mode "
+              f"{'hybrid (' + Path(a.model_path).name + ')' if a.model_path else 'keyword'}",
               flush=True)
 
         floors = asyncio.run(db_floors(db, a.floor_seconds, a.pool_max, a.seed))
@@ -449,6 +465,8 @@ def main() -> None:
     p.add_argument("--database-url", help="use this PostgreSQL (a database is created in it) instead of embedded")
     p.add_argument("--model-path", default="", help="serve with this local embedding model (hybrid search; "
                    "the prefilled memories get random unit vectors); default: embeddings off (keyword)")
+    p.add_argument("--distinct-queries", type=int, default=0, help="draw searches from this many fixed queries "
+                   "(Zipf popularity) instead of a new one each time (default 0: every query new)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()

@@ -41,6 +41,8 @@ ENV_VARS: dict[str, str] = {
     "STACKMEMORY_EMBEDDING_MODEL_PATH": "folder with model.onnx + tokenizer.json: load the local model "
                                         "from disk, offline",
     "STACKMEMORY_MODEL_CACHE": "where downloaded local models are kept (default ~/.stackmemory/models)",
+    "STACKMEMORY_VECTOR_INDEX": "SQLite vector search: auto (default: sqlite-vec where this Python's sqlite3 "
+                                "can load it, else in-process), sqlite-vec or memory",
     "OPENAI_API_KEY": "key for STACKMEMORY_EMBEDDINGS=openai",
     "OPENAI_BASE_URL": "OpenAI-compatible endpoint (Ollama, vLLM, ...) for STACKMEMORY_EMBEDDINGS=openai",
 }
@@ -70,6 +72,7 @@ class Settings:
     embedding_model: str | None = None
     embedding_model_path: str | None = None
     model_cache: str = "~/.stackmemory/models"
+    vector_index: Literal["auto", "sqlite-vec", "memory"] = "auto"
     openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -112,6 +115,8 @@ class Settings:
             embedding_model=pick("embedding_model", "STACKMEMORY_EMBEDDING_MODEL", "") or None,
             embedding_model_path=pick("embedding_model_path", "STACKMEMORY_EMBEDDING_MODEL_PATH", "") or None,
             model_cache=env.get("STACKMEMORY_MODEL_CACHE") or "~/.stackmemory/models",
+            vector_index=_choice(env.get("STACKMEMORY_VECTOR_INDEX") or "auto", "STACKMEMORY_VECTOR_INDEX",
+                                 ("auto", "sqlite-vec", "memory")),  # type: ignore[arg-type]
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             env=env,

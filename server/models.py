@@ -105,6 +105,7 @@ class StoreStats(BaseModel):
     expired: int
     by_kind: dict[str, int]
     projects: int
+    vector_index: Literal["sqlite-vec", "memory"] | None = None  # SQLite: which index answers vector search
 
 
 # ---- tool results -----------------------------------------------------------------------------------
@@ -180,5 +181,6 @@ class Status(BaseModel):
     default_project: str
     embedding_model: str | None = Field(description="Model whose vectors semantic search uses, if any.")
     semantic_search: str = Field(description="'on', or why it is off.")
+    vector_index: str | None = Field(default=None, description="SQLite: 'sqlite-vec' or 'memory' (in-process).")
     pending_jobs: int = Field(description="Background jobs (such as embeddings) waiting or running.")
     failed_jobs: int = Field(description="Jobs that failed every attempt (see the server log).")

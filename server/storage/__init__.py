@@ -24,7 +24,7 @@ def open_storage(settings: Settings) -> Storage:
         )
     from server.storage.sqlite import SQLiteStore
 
-    return SQLiteStore(settings.db)
+    return SQLiteStore(settings.db, vector_index=settings.vector_index)
 
 
 def open_queue(storage: Storage) -> JobQueue:

@@ -291,8 +291,9 @@ class PostgresStore:
 
         query = sql.SQL(Q["search_vector"]).format(dim=sql.Literal(len(vector)))
         params = {**_filter(where), "embedding": _vector(vector), "model": model, "limit": limit}
-        async with self._transaction() as conn:
-            await conn.execute(Q["vector_scan_settings"])
+        # Pipelined: BEGIN, the SET LOCALs, the search and COMMIT go out in one round trip, not four.
+        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+            await conn.execute(Q["vector_scan_settings"], {"ef": str(max(40, limit))})
             cur = await conn.execute(query, params)
             rows = await cur.fetchall()
         hits = [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r))

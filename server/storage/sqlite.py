@@ -1,4 +1,4 @@
-"""SQLite adapter: WAL, one writer behind a lock with BEGIN IMMEDIATE, FTS5 keyword search."""
+"""SQLite adapter: WAL, one writer behind a lock with BEGIN IMMEDIATE, FTS5 and vector search."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from server.errors import Conflict, NotFound, StackMemoryError, StorageUnavailable
 from server.models import Memory, MemoryFilter, MemoryPatch, NewMemory, ScoredMemory, StoreStats
 from server.storage import migrations
+from server.storage.vectors import IndexKind, VectorIndex, choose_index, sqlite_vec_path, to_blob
 
 if TYPE_CHECKING:
     import aiosqlite
-
-    from server.storage.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
 Q = migrations.queries("sqlite")
@@ -43,8 +42,10 @@ def ts(value: datetime | None) -> str | None:
 class SQLiteStore:
     backend: Literal["sqlite"] = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, vector_index: str = "auto") -> None:
         self.path = Path(path)
+        self._requested_index = vector_index  # auto, sqlite-vec or memory; resolved on open
+        self.vector_index: IndexKind | None = None
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -57,6 +58,7 @@ class SQLiteStore:
     async def open(self) -> None:
         with _translated(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.vector_index = choose_index(self._requested_index)
         # Several servers may start on a new file at once: switching it to WAL and migrating it need
         # the file to themselves, so a start that finds it busy waits and tries again.
         for attempt in range(OPEN_ATTEMPTS):
@@ -83,6 +85,10 @@ class SQLiteStore:
                 await db.execute("PRAGMA journal_mode = WAL")
                 await db.execute("PRAGMA synchronous = NORMAL")
                 await db.execute("PRAGMA foreign_keys = ON")
+                if self.vector_index == "sqlite-vec":
+                    await db.enable_load_extension(True)
+                    await db.load_extension(sqlite_vec_path())
+                    await db.enable_load_extension(False)  # SQL must never load anything else
         except BaseException:
             await db.close()
             raise
@@ -260,8 +266,6 @@ class SQLiteStore:
         self._index = None
 
     async def put_vectors(self, model: str, items: list[tuple[str, list[float]]]) -> None:
-        from server.storage.vectors import to_blob
-
         async with self._write() as db:
             await db.executemany(Q["put_vector"], [{"memory_id": i, "model": model, "vector": to_blob(v)}
                                                    for i, v in items])
@@ -279,13 +283,23 @@ class SQLiteStore:
 
     async def search_vector(self, vector: list[float], model: str, where: MemoryFilter,
                             limit: int) -> list[ScoredMemory]:
+        if self.vector_index == "sqlite-vec":
+            rows = await self._fetch("search_vector", {**_filter(where), "model": model, "limit": limit,
+                                                       "vector": to_blob(vector), "bytes": 4 * len(vector)})
+            return [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r)) for r in rows]
         index = await self._vector_index(model, len(vector))
         pool = limit + 20  # a little extra for deleted, changed or filtered-out neighbours
         found = await self._filtered_hits(index.search(vector, pool), where, model)
         if len(found) < limit and len(index) > pool:
-            # Filters (or deletions) removed too many: rank only the memories the filters allow.
+            # Filters (or deletions) removed too many: rank only the memories the filters allow, leaving
+            # out any whose vector turns out to be stale (changed content), until the page is full.
             allowed = {r["id"] for r in await self._fetch("filtered_ids", _filter(where))}
-            found = await self._filtered_hits(index.search(vector, limit, allowed), where, model)
+            while True:
+                hits = index.search(vector, limit, allowed)
+                found = await self._filtered_hits(hits, where, model)
+                if len(found) == len(hits):
+                    break
+                allowed -= {i for i, _ in hits} - {f.id for f in found}
         return found[:limit]
 
     async def _filtered_hits(self, hits: list[tuple[str, float]], where: MemoryFilter,
@@ -300,8 +314,6 @@ class SQLiteStore:
 
     async def _vector_index(self, model: str, dim: int) -> VectorIndex:
         """The in-memory index, brought up to date with vectors any process wrote since the last search."""
-        from server.storage.vectors import VectorIndex
-
         index = self._index
         if index is None or index.dim != dim:
             index = self._index = VectorIndex(dim, model)
@@ -314,7 +326,8 @@ class SQLiteStore:
         kinds = await self._fetch("count_by_kind", {"now": ts(now)})
         return StoreStats(backend="sqlite", location=self.location, schema_version=await self.ping(),
                           memories=row["live"], deleted=row["deleted"], expired=row["expired"],
-                          by_kind={k["kind"]: k["n"] for k in kinds}, projects=row["projects"])
+                          by_kind={k["kind"]: k["n"] for k in kinds}, projects=row["projects"],
+                          vector_index=self.vector_index)
 
 
 async def _begin_immediate(db: aiosqlite.Connection) -> None:

@@ -1,12 +1,69 @@
-"""Exact cosine search over normalised float32 vectors kept in process memory (the SQLite vector index)."""
+"""SQLite vector search: which index to use (sqlite-vec where it loads), and the in-process one."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from server.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
+
+IndexKind = Literal["sqlite-vec", "memory"]
+CHOICES = ("auto", "sqlite-vec", "memory")
+# Python leaves extension loading out unless built with --enable-loadable-sqlite-extensions (pyenv's
+# default builds are not); such a sqlite3.Connection has no enable_load_extension.
+CAN_LOAD_EXTENSIONS = hasattr(sqlite3.Connection, "enable_load_extension")
+log = logging.getLogger(__name__)
+
+
+def choose_index(requested: str) -> IndexKind:
+    """`auto` means sqlite-vec when this Python can load it, else the in-process index."""
+    if requested not in CHOICES:
+        raise ConfigError(f"STACKMEMORY_VECTOR_INDEX={requested!r} is not one of {', '.join(CHOICES)}")
+    if requested == "memory":
+        return "memory"
+    problem = sqlite_vec_problem()
+    if problem is None:
+        return "sqlite-vec"
+    if requested == "sqlite-vec":
+        raise ConfigError(
+            f"STACKMEMORY_VECTOR_INDEX=sqlite-vec, but {problem}: run StackMemory with a Python whose "
+            "sqlite3 can load extensions, or set STACKMEMORY_VECTOR_INDEX=auto (or memory) to search "
+            "with the in-process index, which returns the same results"
+        )
+    log.info("vector search uses the in-process index: %s", problem)
+    return "memory"
+
+
+def sqlite_vec_problem() -> str | None:
+    """Why sqlite-vec cannot be loaded here, or None when it can."""
+    if not CAN_LOAD_EXTENSIONS:
+        return f"the sqlite3 module of this Python ({sys.executable}) cannot load extensions"
+    try:
+        path = sqlite_vec_path()
+    except ImportError:
+        return "the sqlite-vec package is not installed (pip install sqlite-vec)"
+    db = sqlite3.connect(":memory:")
+    try:
+        db.enable_load_extension(True)
+        db.load_extension(path)
+        db.execute("SELECT vec_version()")
+    except sqlite3.Error as exc:
+        return f"SQLite could not load sqlite-vec from {path} ({exc})"
+    finally:
+        db.close()
+    return None
+
+
+def sqlite_vec_path() -> str:
+    import sqlite_vec  # type: ignore[import-untyped]
+
+    return str(sqlite_vec.loadable_path())
 
 
 class VectorIndex:
@@ -46,21 +103,29 @@ class VectorIndex:
             self.high_water = max(self.high_water, seq)
 
     def search(self, query: list[float], k: int, allowed: set[str] | None = None) -> list[tuple[str, float]]:
-        """The k most similar ids (restricted to `allowed` when given), best first, with cosine scores."""
+        """The k most similar ids (restricted to `allowed` when given), best first, with cosine scores.
+
+        Equal scores are ordered newest id first, as the sqlite-vec query orders them."""
         import numpy as np
 
         if not self._ids or k <= 0:
             return []
         if self._matrix is None:
             self._matrix = np.vstack(self._rows)
-        scores = self._matrix @ np.asarray(query, dtype=np.float32)
-        if allowed is not None:
-            mask = np.fromiter((i in allowed for i in self._ids), dtype=bool, count=len(self._ids))
-            scores = np.where(mask, scores, -np.inf)
-        k = min(k, len(self._ids))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(self._ids[i], float(scores[i])) for i in top if scores[i] != -np.inf]
+        q = np.asarray(query, dtype=np.float32)
+        norm = float(np.linalg.norm(q))
+        scores = self._matrix @ (q / norm if norm else q)
+        if allowed is None:
+            positions = np.arange(len(self._ids))
+        else:
+            positions = np.fromiter((p for i in allowed if (p := self._pos.get(i)) is not None), dtype=np.intp)
+        if k < len(positions):
+            cut = np.partition(scores[positions], len(positions) - k)[len(positions) - k]
+            positions = positions[scores[positions] >= cut]  # ties at the cut stay, for the id order to pick
+        ranked = sorted(zip((-scores[positions]).tolist(), (self._ids[p] for p in positions), strict=True),
+                        key=lambda pair: pair[1], reverse=True)
+        ranked.sort(key=lambda pair: pair[0])  # stable: equal scores keep newest id first
+        return [(memory_id, -negated) for negated, memory_id in ranked[:k]]
 
 
 def to_blob(vector: list[float]) -> bytes:

@@ -9,7 +9,9 @@ SELECT pg_advisory_lock(%(key)s);
 SELECT pg_advisory_xact_lock(%(key)s);
 
 -- name: vector_scan_settings
-SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = 100;
+-- One statement, so it can share a pipeline with the search: iterative scans keep filtered searches full,
+-- and the candidate list is as long as the page asked for (at least 40, pgvector's default).
+SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', %(ef)s, true);
 
 -- name: unlock_migrations
 SELECT pg_advisory_unlock(%(key)s);

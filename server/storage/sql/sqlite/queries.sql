@@ -166,3 +166,29 @@ SELECT m.id FROM memories AS m
    AND (:since IS NULL OR m.created_at >= :since)
    AND (:until IS NULL OR m.created_at < :until)
    AND (m.expires_at IS NULL OR m.expires_at > :now);
+
+-- name: search_vector
+-- With sqlite-vec loaded: an exact scan of this model's vectors under the same filters as memories_in,
+-- ranked as the in-process index ranks them (cosine; equal scores newest id first). A zero vector has
+-- no direction: its distance is NULL, counted as 1 (score 0) as the in-process dot product gives.
+-- Vectors of another length (:bytes) are skipped as the in-process index skips them. CROSS JOIN keeps
+-- memories the outer loop, so only vectors of memories that pass the filters are read (a project
+-- filter over 100k memories: 37 ms instead of 88); only the best :limit are joined back for content.
+WITH top AS (
+    SELECT m.id, coalesce(vec_distance_cosine(v.vector, :vector), 1.0) AS distance
+      FROM memories AS m CROSS JOIN memory_vectors AS v ON v.memory_id = m.id
+     WHERE v.model = :model AND length(v.vector) = :bytes
+       AND m.deleted_at IS NULL
+       AND (:project IS NULL OR m.project = :project)
+       AND (:kinds IS NULL OR m.kind IN (SELECT value FROM json_each(:kinds)))
+       AND (:tags IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(:tags) AS want
+                                          WHERE want.value NOT IN (SELECT value FROM json_each(m.tags))))
+       AND (:since IS NULL OR m.created_at >= :since)
+       AND (:until IS NULL OR m.created_at < :until)
+       AND (m.expires_at IS NULL OR m.expires_at > :now)
+     ORDER BY distance, m.id DESC
+     LIMIT :limit
+)
+SELECT m.*, 1.0 - top.distance AS score
+  FROM top JOIN memories AS m ON m.id = top.id
+ ORDER BY top.distance, m.id DESC;

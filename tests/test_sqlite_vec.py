@@ -1,0 +1,243 @@
+"""SQLite vector search: sqlite-vec where this Python can load it, the in-process index elsewhere, and
+the same answers from both."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+
+from server.app import Runtime
+from server.config import Settings
+from server.errors import ConfigError
+from server.ids import new_id
+from server.models import Kind, MemoryFilter, MemoryPatch, NewMemory, ScoredMemory
+from server.storage import vectors
+from server.storage.sqlite import SQLiteStore
+from tests.conftest import unavailable
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "test/model"
+NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
+PROJECTS = ("alpha", "beta", "gamma")
+TAGS = ("red", "green", "blue")
+KINDS = get_args(Kind)
+LIMITS = (1, 3, 10, 25, 60)
+Vectorizer = Callable[[random.Random], list[float]]
+
+
+def gaussian(dim: int) -> Vectorizer:
+    """Random unit vectors: realistic scores, where only float rounding differs between the indexes."""
+
+    def make(rng: random.Random) -> list[float]:
+        v = [rng.gauss(0, 1) for _ in range(dim)]
+        norm = sum(x * x for x in v) ** 0.5
+        return [x / norm for x in v]
+
+    return make
+
+
+def exact(rng: random.Random) -> list[float]:
+    """Unit vectors of 16 values in {0, ±0.25, ±0.5, ±1}: every dot product is exact in float32, so both
+    indexes compute identical scores, and scores take few values, so most results are ties."""
+    layout = rng.choice([(16, 0, 0), (0, 4, 0), (0, 0, 1), (4, 3, 0), (8, 2, 0)])  # count of .25s, .5s, 1s
+    v = [0.0] * 16
+    slots = rng.sample(range(16), sum(layout))
+    values = [0.25] * layout[0] + [0.5] * layout[1] + [1.0] * layout[2]
+    for slot, value in zip(slots, values, strict=True):
+        v[slot] = value * rng.choice((1, -1))
+    return v
+
+
+def can_load_sqlite_vec() -> None:
+    problem = vectors.sqlite_vec_problem()
+    if problem is not None:
+        unavailable(f"comparing sqlite-vec with the in-process index needs sqlite-vec: {problem}")
+
+
+async def opened(path: Path, index: str) -> SQLiteStore:
+    store = SQLiteStore(str(path), vector_index=index)
+    await store.open()
+    return store
+
+
+async def populate(store: SQLiteStore, other: SQLiteStore, rng: random.Random, vector: Vectorizer) -> set[str]:
+    """A few hundred memories across projects, kinds, tags and times, some expired, some sharing a vector
+    (exact ties), some without one; then deletions, content changes and re-embeddings after `other` has
+    already loaded its in-process index, so it must follow them. Returns the ids that may match: live,
+    unexpired, with a current vector of MODEL."""
+    ids: list[str] = []
+    for i in range(300):
+        created = NOW - timedelta(hours=rng.randrange(2000))
+        expires = rng.choice([None] * 8 + [NOW - timedelta(hours=1), NOW + timedelta(days=3)])
+        new = NewMemory(id=new_id(), content=f"memory {i}", content_hash=f"h{i}", kind=rng.choice(KINDS),
+                        tags=rng.sample(TAGS, rng.randrange(len(TAGS) + 1)), project=rng.choice(PROJECTS),
+                        importance=5, metadata={}, author="tester", created_at=created, expires_at=expires)
+        ids.append((await store.add_memory(new))[0].id)
+    made: list[list[float]] = []
+    items = []
+    for memory_id in ids[:280]:  # the last 20 are never embedded
+        v = rng.choice(made) if made and rng.random() < 0.1 else vector(rng)
+        made.append(v)
+        items.append((memory_id, v))
+    items.append((ids[280], [0.0] * len(made[0])))  # a vector with no direction
+    await store.put_vectors(MODEL, items)
+    await store.put_vectors("other/model", [(i, [1.0, 0.0]) for i in ids[281:285]])
+    await other.search_vector(vector(rng), MODEL, MemoryFilter(now=NOW), 10)
+    deleted = rng.sample(ids[:280], 25)
+    for memory_id in deleted:
+        await store.delete_memory(memory_id, NOW)
+    changed = rng.sample(sorted(set(ids[:280]) - set(deleted)), 20)
+    for n, memory_id in enumerate(changed):
+        await store.update_memory(memory_id, MemoryPatch(content=f"changed {n}", content_hash=f"c{n}"), None, NOW)
+    await store.put_vectors(MODEL, [(i, vector(rng)) for i in changed[:10]])  # half embedded again
+    await store.put_vectors(MODEL, [(deleted[0], vector(rng))])  # a late write for a deleted one is dropped
+    expired = {i for i in ids if (m := await store.get_memory(i)) and m.expires_at and m.expires_at <= NOW}
+    return set(ids[:281]) - set(deleted) - set(changed[10:]) - expired
+
+
+def random_filter(rng: random.Random) -> MemoryFilter:
+    since = NOW - timedelta(hours=rng.randrange(2000))
+    return MemoryFilter(
+        project=rng.choice([None, None, *PROJECTS]),
+        kinds=rng.choice([None, None, rng.sample(KINDS, 1), rng.sample(KINDS, 3)]),
+        tags=rng.choice([None, None, rng.sample(TAGS, 1), rng.sample(TAGS, 2)]),
+        since=rng.choice([None, since]),
+        until=rng.choice([None, since + timedelta(hours=rng.randrange(1, 1500))]),
+        now=NOW,
+    )
+
+
+@pytest.fixture
+async def both(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, SQLiteStore]]:
+    """One database file, searched through sqlite-vec and through the in-process index."""
+    can_load_sqlite_vec()
+    with_vec = await opened(tmp_path / "memories.db", "sqlite-vec")
+    in_memory = await opened(tmp_path / "memories.db", "memory")
+    try:
+        yield with_vec, in_memory
+    finally:
+        await with_vec.close()
+        await in_memory.close()
+
+
+def assert_same_ranking(a: Sequence[ScoredMemory], b: Sequence[ScoredMemory], limit: int, tol: float) -> None:
+    """Same ids in the same order and scores within tol; only scores within tol of each other may trade
+    places (float rounding differs between the two computations), and only at the cut-off may such a
+    group hold different members."""
+    assert len(a) == len(b)
+    assert all(abs(x.score - y.score) <= tol for x, y in zip(a, b, strict=True))
+    start = 0
+    while start < len(a):
+        end = start + 1
+        while end < len(a) and a[end - 1].score - a[end].score <= tol:
+            end += 1
+        if end < len(a) or len(a) < limit:
+            assert {h.id for h in a[start:end]} == {h.id for h in b[start:end]}
+        start = end
+    assert all(x.memory == y.memory for x, y in zip(a, b, strict=True) if x.id == y.id)
+
+
+async def compare(both: tuple[SQLiteStore, SQLiteStore], vector: Vectorizer, seed: int, tol: float) -> int:
+    """Many random queries, filters and limits through both indexes; returns how many had results."""
+    with_vec, in_memory = both
+    rng = random.Random(seed)
+    await populate(with_vec, in_memory, rng, vector)
+    answered = 0
+    for _ in range(300):
+        query, where, limit = vector(rng), random_filter(rng), rng.choice(LIMITS)
+        a = await with_vec.search_vector(query, MODEL, where, limit)
+        b = await in_memory.search_vector(query, MODEL, where, limit)
+        if tol:
+            assert_same_ranking(a, b, limit, tol)
+        else:
+            assert [(h.id, h.score) for h in a] == [(h.id, h.score) for h in b]
+        answered += bool(a)
+    return answered
+
+
+async def test_sqlite_vec_and_the_in_process_index_rank_random_vectors_alike(
+        both: tuple[SQLiteStore, SQLiteStore]) -> None:
+    assert await compare(both, gaussian(32), seed=7, tol=1e-5) > 150
+
+
+async def test_sqlite_vec_and_the_in_process_index_break_ties_alike(both: tuple[SQLiteStore, SQLiteStore]) -> None:
+    assert await compare(both, exact, seed=11, tol=0.0) > 150
+
+
+async def test_both_indexes_skip_what_must_not_match_and_order_ties_newest_first(
+        both: tuple[SQLiteStore, SQLiteStore]) -> None:
+    with_vec, in_memory = both
+    rng = random.Random(3)
+    may_match = await populate(with_vec, in_memory, rng, exact)
+    for store in both:
+        found = await store.search_vector([0.0] * 16, MODEL, MemoryFilter(now=NOW), 500)
+        assert [h.id for h in found] == sorted(may_match, reverse=True)  # no direction: every score is 0
+        assert {h.score for h in found} == {0.0}
+
+
+async def test_sqlite_vec_searches_in_sql_without_an_in_process_index(both: tuple[SQLiteStore, SQLiteStore]) -> None:
+    with_vec, in_memory = both
+    await populate(with_vec, in_memory, random.Random(5), gaussian(8))
+    assert await with_vec.search_vector(gaussian(8)(random.Random(1)), MODEL, MemoryFilter(now=NOW), 5)
+    assert with_vec._index is None
+    assert (await with_vec.stats(NOW)).vector_index == "sqlite-vec"
+    assert (await in_memory.stats(NOW)).vector_index == "memory"
+
+
+# ---- choosing the index ---------------------------------------------------------------------------------
+
+
+async def test_auto_uses_sqlite_vec_exactly_where_this_python_can_load_it(tmp_path: Path) -> None:
+    store = await opened(tmp_path / "m.db", "auto")
+    try:
+        expected = "sqlite-vec" if vectors.sqlite_vec_problem() is None else "memory"
+        assert store.vector_index == expected
+        assert (await store.stats(NOW)).vector_index == expected
+    finally:
+        await store.close()
+
+
+async def test_forcing_sqlite_vec_where_sqlite3_cannot_load_extensions_says_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors, "CAN_LOAD_EXTENSIONS", False)  # what such a Python reports
+    with pytest.raises(ConfigError) as err:
+        await opened(tmp_path / "m.db", "sqlite-vec")
+    message = str(err.value)
+    assert "cannot load extensions" in message and "Python whose sqlite3 can load extensions" in message
+    assert "STACKMEMORY_VECTOR_INDEX=auto" in message
+    store = await opened(tmp_path / "m.db", "auto")
+    try:
+        assert store.vector_index == "memory"
+    finally:
+        await store.close()
+
+
+async def test_an_extension_that_fails_to_load_falls_back_or_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors, "sqlite_vec_path", lambda: str(tmp_path / "missing" / "vec0"))
+    with pytest.raises(ConfigError, match="STACKMEMORY_VECTOR_INDEX=sqlite-vec, but"):
+        await opened(tmp_path / "m.db", "sqlite-vec")
+    store = await opened(tmp_path / "m.db", "auto")
+    try:
+        assert store.vector_index == "memory"
+    finally:
+        await store.close()
+
+
+def test_the_vector_index_setting_defaults_to_auto_and_refuses_unknown_values() -> None:
+    assert Settings.load(env={}, db="x.db").vector_index == "auto"
+    assert Settings.load(env={"STACKMEMORY_VECTOR_INDEX": "memory"}, db="x.db").vector_index == "memory"
+    with pytest.raises(ConfigError, match="STACKMEMORY_VECTOR_INDEX='faiss' is not one of auto, sqlite-vec"):
+        Settings.load(env={"STACKMEMORY_VECTOR_INDEX": "faiss"}, db="x.db")
+
+
+async def test_the_setting_reaches_the_store(tmp_path: Path, settings_for: Any) -> None:
+    runtime = Runtime(settings_for(str(tmp_path / "m.db"), STACKMEMORY_VECTOR_INDEX="memory"))
+    async with runtime.session() as svc:
+        assert (await svc.storage.stats(NOW)).vector_index == "memory"
