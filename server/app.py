@@ -20,6 +20,8 @@ from server.service import MemoryService
 from server.storage import open_storage
 
 if TYPE_CHECKING:
+    from mcp.server.auth.provider import TokenVerifier
+    from mcp.server.auth.settings import AuthSettings
     from mcp.server.mcpserver import MCPServer
 
     from server.embeddings.base import Embedder
@@ -168,8 +170,9 @@ async def _prepare(service: MemoryService) -> None:
         log.warning("could not queue memories for embedding: %s", exc)
 
 
-def build_server(runtime: Runtime) -> MCPServer[Any]:
-    """The MCP server with every StackMemory tool registered."""
+def build_server(runtime: Runtime, auth: AuthSettings | None = None,
+                 verifier: TokenVerifier | None = None) -> MCPServer[Any]:
+    """The MCP server with every StackMemory tool registered; with auth, every HTTP request needs a token."""
     from mcp.server.mcpserver import MCPServer
 
     from tools import all_tools
@@ -186,6 +189,8 @@ def build_server(runtime: Runtime) -> MCPServer[Any]:
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=runtime.settings.log_level,  # type: ignore[arg-type]
+        auth=auth,
+        token_verifier=verifier,
     )
     for tool in all_tools():
         server.add_tool(tool.fn, title=tool.title, annotations=tool.annotations)

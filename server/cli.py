@@ -13,6 +13,8 @@ from typing import Any
 from server.config import ENV_VARS, Settings
 from server.errors import ConfigError, StackMemoryError
 
+ADMIN_NOTE = ("runs as the database's operator: whoever can open the database (--db) may do this, and no "
+              "role or permission checks apply")
 EPILOG = "environment variables:\n" + "\n".join(f"  {k:<31} {v}" for k, v in ENV_VARS.items())
 
 
@@ -29,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "serve":
             return _serve(settings)
+        if args.command in ADMIN_GROUPS:
+            return asyncio.run(_administer(settings, args))
         if args.command in ("reindex", "worker"):
             return asyncio.run(_reindex(settings) if args.command == "reindex" else _worker(settings))
         return asyncio.run(_run(settings, args))
@@ -153,6 +157,54 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[Any]]] = {
 }
 
 
+# ---- users, workspaces and tokens (the operator's commands) --------------------------------------------
+
+async def _remove_member(acc: Any, a: argparse.Namespace) -> dict[str, Any]:
+    await acc.remove_member(a.workspace, a.user)
+    return {"workspace": a.workspace, "user": a.user, "removed": True}
+
+
+async def _revoke_token(acc: Any, a: argparse.Namespace) -> dict[str, Any]:
+    await acc.revoke_token(a.token_id)
+    return {"id": a.token_id, "revoked": True}
+
+
+ADMIN_GROUPS = ("user", "workspace", "token")
+AdminHandler = Callable[[Any, argparse.Namespace], Awaitable[Any]]
+ADMIN: dict[str, AdminHandler] = {
+    "user create": lambda acc, a: acc.create_user(a.name),
+    "user list": lambda acc, a: acc.list_users(),
+    "workspace create": lambda acc, a: acc.create_workspace(a.name, a.owner),
+    "workspace list": lambda acc, a: acc.user_workspaces(a.user) if a.user else acc.all_workspaces(),
+    "workspace add-member": lambda acc, a: acc.add_member(a.workspace, a.user, a.role),
+    "workspace set-role": lambda acc, a: acc.set_role(a.workspace, a.user, a.role),
+    "workspace remove-member": _remove_member,
+    "token create": lambda acc, a: acc.create_token(a.user, a.name, a.expires_days),
+    "token list": lambda acc, a: acc.list_tokens(a.user),
+    "token revoke": _revoke_token,
+}
+
+
+async def _administer(settings: Settings, args: argparse.Namespace) -> int:
+    """Open only the database (no embedder, no worker) and run one account command on it."""
+    from server.accounts import Accounts
+    from server.storage import open_accounts, open_storage
+
+    storage = open_storage(settings)
+    await storage.open()
+    try:
+        result = await ADMIN[f"{args.command} {args.action}"](Accounts(open_accounts(storage)), args)
+    finally:
+        await storage.close()
+    if args.json:
+        data = [r.model_dump(mode="json") for r in result] if isinstance(result, list) else (
+            result if isinstance(result, dict) else result.model_dump(mode="json"))
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print(_human_admin(f"{args.command} {args.action}", args, result))
+    return 0
+
+
 def _split(tags: str | None) -> list[str] | None:
     return [t for t in (tags or "").split(",") if t.strip()] or None
 
@@ -180,6 +232,47 @@ def _human(command: str, result: Any) -> str:
         return f"{result.id}: {result.message}"
     data = result.model_dump(mode="json")
     return "\n".join(f"{k:>15}: {v}" for k, v in data.items())
+
+
+def _human_admin(command: str, args: argparse.Namespace, result: Any) -> str:
+    if command == "user create":
+        return f"created user {result.name} (id {result.id}) with personal workspace ~{result.name}"
+    if command == "user list":
+        return _grid(["user", "id", "created"], [[u.name, u.id, _when(u.created_at)] for u in result])
+    if command == "workspace create":
+        return f"created workspace {result.workspace} (id {result.workspace_id}), owned by {args.owner}"
+    if command == "workspace list" and args.user:
+        return _grid(["workspace", "role", "members", "memories"],
+                     [[w.workspace, w.role, str(w.members), str(w.memories)] for w in result])
+    if command == "workspace list":
+        return _grid(["workspace", "id", "personal of", "members"],
+                     [[w.name, w.id, w.personal_of or "", str(w.members)] for w in result])
+    if command in ("workspace add-member", "workspace set-role"):
+        return f"{result.user} is now {result.role} of {args.workspace}"
+    if command == "workspace remove-member":
+        return f"removed {args.user} from {args.workspace}"
+    if command == "token create":
+        expiry = f"expires {_when(result.expires_at)}" if result.expires_at else "never expires"
+        return (f"token {result.id} ({result.name!r}) for {result.user}, {expiry}:\n\n    {result.token}\n\n"
+                "Store it now: it is shown only this once and cannot be recovered (only its hash is kept).\n"
+                "Clients send it as the header  Authorization: Bearer <token>")
+    if command == "token list":
+        return _grid(["id", "user", "name", "created", "expires", "last used", "state"],
+                     [[t.id, t.user, t.name, _when(t.created_at), _when(t.expires_at), _when(t.last_used_at),
+                       _token_state(t)] for t in result]) if result else "no tokens"
+    return f"revoked token {args.token_id}: requests using it are refused from now on"
+
+
+def _token_state(token: Any) -> str:
+    from datetime import UTC, datetime
+
+    if token.revoked_at is not None:
+        return "revoked"
+    return "expired" if token.expires_at is not None and token.expires_at <= datetime.now(UTC) else "live"
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
 
 
 def _table(memories: list[Any]) -> str:
@@ -260,4 +353,51 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", parents=[common], help="run only the background embedding worker")
     db = sub.add_parser("db", parents=[common, out], help="database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply pending migrations")
+    _account_parsers(sub, [common, out])
     return p
+
+
+def _account_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """user, workspace and token: administration run by whoever operates the database."""
+    roles = ["owner", "admin", "member", "reader"]
+
+    def group(name: str, text: str) -> Any:
+        g = sub.add_parser(name, help=f"{text} (as the database operator)", description=f"{text}; {ADMIN_NOTE}.")
+        return g.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def leaf(actions: Any, name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(name, parents=parents, help=text,
+                                                             description=f"{text}; {ADMIN_NOTE}.")
+        return parser
+
+    users = group("user", "manage users")
+    leaf(users, "create", "create a user and their personal workspace ~NAME").add_argument(
+        "name", help="1-64 letters, digits, '.', '_' or '-'")
+    leaf(users, "list", "list users")
+
+    spaces = group("workspace", "manage team workspaces and their members")
+    c = leaf(spaces, "create", "create a team workspace")
+    c.add_argument("name", help="1-64 letters, digits, '.', '_' or '-'")
+    c.add_argument("--owner", required=True, help="the user who owns it")
+    leaf(spaces, "list", "list every workspace with its member count, or one user's").add_argument(
+        "--user", help="only this user's workspaces, with their role and the memories they can see")
+    a = leaf(spaces, "add-member", "add a user to a team workspace")
+    a.add_argument("workspace", help="workspace name or id")
+    a.add_argument("user", help="user name or id")
+    a.add_argument("--role", default="member", choices=roles, help="default member")
+    r = leaf(spaces, "remove-member", "remove a user from a team workspace")
+    r.add_argument("workspace", help="workspace name or id")
+    r.add_argument("user", help="user name or id")
+    s = leaf(spaces, "set-role", "change a member's role (adds them if they are not a member)")
+    s.add_argument("workspace", help="workspace name or id")
+    s.add_argument("user", help="user name or id")
+    s.add_argument("role", choices=roles, help="owner, admin, member or reader")
+
+    tokens = group("token", "manage API tokens for hosted mode")
+    t = leaf(tokens, "create", "create an API token for a user; it is printed once and never again")
+    t.add_argument("user", help="user name or id")
+    t.add_argument("--name", default="default", help="a label, e.g. the machine or agent using it")
+    t.add_argument("--expires-days", type=float, metavar="N",
+                   help="expire after this many days (default: never)")
+    leaf(tokens, "list", "list tokens (never their secrets)").add_argument("--user", help="only this user's")
+    leaf(tokens, "revoke", "revoke a token now").add_argument("token_id", help="the id shown by token list")

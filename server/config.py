@@ -27,6 +27,10 @@ ENV_VARS: dict[str, str] = {
     "STACKMEMORY_TRANSPORT": "stdio (default), sse or http",
     "STACKMEMORY_HOST": "address to bind for sse/http (default 127.0.0.1)",
     "STACKMEMORY_PORT": "port for sse/http (default $PORT, else 8765)",
+    "STACKMEMORY_AUTH": "sse/http: tokens (default; every request needs Authorization: Bearer <token>) or "
+                        "none (anyone who can connect acts as the local user; only behind your own auth)",
+    "STACKMEMORY_PUBLIC_URL": "the server's URL as clients reach it, for OAuth protected-resource metadata "
+                              "(default http://HOST:PORT)",
     "STACKMEMORY_ALLOWED_HOSTS": "extra Host header values accepted over HTTP, comma separated",
     "STACKMEMORY_ALLOWED_ORIGINS": "extra Origin values accepted over HTTP, comma separated",
     "RAILWAY_PUBLIC_DOMAIN": "set by Railway; accepted as a Host header automatically",
@@ -63,6 +67,8 @@ class Settings:
     port: int = 8765
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    auth: Literal["tokens", "none"] = "tokens"
+    public_url: str | None = None
     pool_min: int = 2
     pool_max: int = 20
     pool_timeout: float = 10.0
@@ -76,6 +82,14 @@ class Settings:
     openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach this server over HTTP: STACKMEMORY_PUBLIC_URL, else the bound address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def redacted_db(self) -> str:
@@ -103,6 +117,9 @@ class Settings:
                               ("stdio", "sse", "http")),  # type: ignore[arg-type]
             host=pick("host", "STACKMEMORY_HOST", "127.0.0.1"),
             port=_int(pick("port", "STACKMEMORY_PORT", env.get("PORT") or "8765"), "STACKMEMORY_PORT", 0),
+            auth=_choice(pick("auth", "STACKMEMORY_AUTH", "tokens"), "STACKMEMORY_AUTH",
+                         ("tokens", "none")),  # type: ignore[arg-type]
+            public_url=(pick("public_url", "STACKMEMORY_PUBLIC_URL", "") or _railway_url(env)) or None,
             allowed_hosts=_csv(env.get("STACKMEMORY_ALLOWED_HOSTS", "")) + _railway(env, ""),
             allowed_origins=_csv(env.get("STACKMEMORY_ALLOWED_ORIGINS", "")) + _railway(env, "https://"),
             pool_min=_int(env.get("STACKMEMORY_POOL_MIN", "2"), "STACKMEMORY_POOL_MIN", 0),
@@ -197,6 +214,11 @@ def _railway(env: Mapping[str, str], prefix: str) -> tuple[str, ...]:
     """Railway names the service's public domain; accept it as a Host (and https Origin) automatically."""
     domain = env.get("RAILWAY_PUBLIC_DOMAIN", "")
     return (prefix + domain,) if domain else ()
+
+
+def _railway_url(env: Mapping[str, str]) -> str:
+    domain = env.get("RAILWAY_PUBLIC_DOMAIN", "")
+    return f"https://{domain}" if domain else ""
 
 
 def _os_user() -> str:

@@ -31,3 +31,7 @@ class MigrationError(StackMemoryError):
 
 class EmbeddingUnavailable(StackMemoryError):
     """No embedding model could be loaded or reached; the message names the setting to change."""
+
+
+class PermissionDenied(StackMemoryError):
+    """The caller's role does not allow this; the message names the role needed, never other users' data."""

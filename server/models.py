@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Kind = Literal["fact", "decision", "constraint", "interface", "todo", "risk", "preference", "note"]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 SearchMode = Literal["hybrid", "keyword", "semantic"]
+Visibility = Literal["private", "team"]
 
 
 class Memory(BaseModel):
@@ -31,6 +32,11 @@ class Memory(BaseModel):
     expires_at: datetime | None = None
     version: int = Field(description="Increments on every update; pass as expected_version to update safely.")
     deleted_at: datetime | None = Field(default=None, description="Set when deleted (a tombstone).")
+    workspace_id: str = Field(default="", description="The workspace it belongs to.")
+    visibility: Visibility = Field(default="private",
+                                   description="private: only its author sees it; team: every workspace member.")
+    created_by: str = Field(default="", description="User id of its author.")
+    updated_by: str = Field(default="", description="User id of whoever changed it last.")
 
 
 class NewMemory(BaseModel):
@@ -47,6 +53,15 @@ class NewMemory(BaseModel):
     author: str
     created_at: datetime
     expires_at: datetime | None
+    workspace_id: str
+    visibility: Visibility
+    created_by: str
+    updated_by: str
+
+    @property
+    def dedup_owner(self) -> str:
+        """Duplicates merge within what one reader sees together: the team's, or the author's own."""
+        return "" if self.visibility == "team" else self.created_by
 
 
 class MemoryPatch(BaseModel):
@@ -61,6 +76,7 @@ class MemoryPatch(BaseModel):
     metadata: dict[str, Any] | None = None
     expires_at: datetime | None = None
     clear_expiry: bool = False
+    visibility: Visibility | None = None
 
 
 class MemoryFilter(BaseModel):
@@ -72,6 +88,17 @@ class MemoryFilter(BaseModel):
     since: datetime | None = None
     until: datetime | None = None
     now: datetime = Field(description="Memories that expired before this instant are left out.")
+    user_id: str = Field(description="The caller: private memories of anyone else are never returned.")
+    workspaces: list[str] = Field(description="Workspace ids to look in (all of them must be the caller's).")
+
+
+class Access(BaseModel):
+    """Who asks, and which workspaces they read: what every by-id read is limited to."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: str
+    workspaces: tuple[str, ...]
 
 
 class ScoredMemory:
@@ -130,12 +157,15 @@ class SearchHit(BaseModel):
     created_at: datetime
     score: float = Field(description="Higher is better; comparable only within one search.")
     reason: str = Field(description="Why this memory matched, e.g. the query terms it contains.")
+    workspace: str = Field(default="", description="The workspace it came from.")
+    visibility: Visibility = "private"
 
     @classmethod
-    def of(cls, memory: Memory, score: float, reason: str) -> SearchHit:
+    def of(cls, memory: Memory, score: float, reason: str, workspace: str = "") -> SearchHit:
         return cls.model_construct(id=memory.id, content=memory.content, kind=memory.kind,
                                    project=memory.project, tags=memory.tags, importance=memory.importance,
-                                   created_at=memory.created_at, score=score, reason=reason)
+                                   created_at=memory.created_at, score=score, reason=reason,
+                                   workspace=workspace, visibility=memory.visibility)
 
 
 class SearchResult(BaseModel):
@@ -143,6 +173,38 @@ class SearchResult(BaseModel):
     mode: SearchMode = Field(description="Which ranking ran.")
     results: list[SearchHit]
     note: str | None = None
+
+
+class MemoryVersion(BaseModel):
+    """A prior version of a memory, as it was before an update replaced it."""
+
+    version: int
+    content: str
+    kind: Kind
+    tags: list[str]
+    project: str
+    importance: int
+    metadata: dict[str, Any]
+    visibility: Visibility
+    changed_by: str = Field(description="Who made the change that replaced this version.")
+    changed_at: datetime
+
+
+class MemoryDetail(Memory):
+    """get_memory's answer: the memory, where it lives, who wrote it, and optionally its history."""
+
+    workspace: str = Field(description="The workspace's name.")
+    created_by_name: str = Field(description="Who created it.")
+    updated_by_name: str = Field(description="Who changed it last.")
+    history: list[MemoryVersion] | None = Field(default=None, description="Prior versions, newest first "
+                                                "(only when asked for with history=true).")
+
+
+class ShareResult(BaseModel):
+    id: str = Field(description="The memory in the target workspace (the same id when shared in place).")
+    workspace: str
+    copied: bool = Field(description="True when a team copy was made in another workspace; the original stays.")
+    message: str
 
 
 class MemoryPage(BaseModel):

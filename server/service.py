@@ -13,14 +13,17 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from server import __version__
+from server.accounts import LOCAL, RANK, AccountStore, Caller, Membership, WorkspaceInfo
 from server.config import Settings
-from server.errors import EmbeddingUnavailable, InvalidInput, NotFound
+from server.errors import EmbeddingUnavailable, InvalidInput, NotFound, PermissionDenied
 from server.ids import check_id, new_id
 from server.models import (
     KINDS,
+    Access,
     ContextSection,
     DeleteResult,
     Memory,
+    MemoryDetail,
     MemoryFilter,
     MemoryPage,
     MemoryPatch,
@@ -30,8 +33,10 @@ from server.models import (
     SearchHit,
     SearchMode,
     SearchResult,
+    ShareResult,
     Status,
     StoreResult,
+    Visibility,
 )
 from server.semantic import Fused, Semantic, fuse
 from server.storage.base import Storage
@@ -50,6 +55,8 @@ MAX_QUERY_TERMS = 32
 # (recall@5 and @10), and it halves the PostgreSQL vector search's work.
 HYBRID_POOL = 50
 PENDING_NOTE_TTL = 1.0  # seconds a search reuses the count of memories waiting to be embedded
+ALL_WORKSPACES = ("all", "*")  # what `workspace` takes to search or list across every workspace of the caller
+MAX_HISTORY = 50
 _WORD = re.compile(r"\w+", re.UNICODE)
 # PostgreSQL's english.stop (Snowball): dropped from keyword queries on SQLite too, so both backends
 # match the same words; a query made only of such words keeps them.
@@ -61,8 +68,15 @@ class MemoryService:
 
     def __init__(self, storage: Storage, settings: Settings, default_project: str,
                  semantic: Semantic | None = None, jobs: JobQueue | None = None,
-                 semantic_off: str | None = None) -> None:
+                 semantic_off: str | None = None, accounts: AccountStore | None = None) -> None:
         self.storage = storage
+        if accounts is None:
+            from server.storage import open_accounts
+
+            accounts = open_accounts(storage)
+        self.accounts = accounts
+        self.require_caller = False  # True when served over HTTP with tokens: no local-user fallback
+        self._user_names: dict[str, str] = {}
         self.settings = settings
         self.default_project = default_project
         self.semantic = semantic
@@ -75,27 +89,33 @@ class MemoryService:
 
     async def store(self, content: str, kind: str = "note", tags: list[str] | None = None,
                     project: str | None = None, importance: int = 5, metadata: dict[str, Any] | None = None,
-                    expires_at: datetime | None = None) -> StoreResult:
+                    expires_at: datetime | None = None, *, workspace: str | None = None,
+                    visibility: str | None = None, caller: Caller = LOCAL) -> StoreResult:
         now = _now()
         text = self._content(content)
+        scope = await self._scope(caller)
+        target = scope.workspace(workspace, "member", "store memories in")
+        visible = _visibility(visibility, target)
         new = NewMemory(
             id=new_id(), content=text, content_hash=content_hash(text), kind=_kind(kind),  # type: ignore[arg-type]
             tags=_tags(tags), project=self._project(project), importance=_importance(importance),
-            metadata=_metadata(metadata), author=self.settings.user, created_at=now,
-            expires_at=_expiry(expires_at, now),
+            metadata=_metadata(metadata), author=self._author(caller), created_at=now,
+            expires_at=_expiry(expires_at, now), workspace_id=target.workspace_id, visibility=visible,
+            created_by=caller.user_id, updated_by=caller.user_id,
         )
         memory, created = await self.storage.add_memory(new)
         if created:
             self._written()
         message = ("stored" if created else
-                   f"identical content is already stored in project {memory.project!r} as {memory.id}; "
-                   "returned that memory instead of a duplicate")
+                   f"identical content is already stored in project {memory.project!r} of workspace "
+                   f"{target.workspace} as {memory.id}; returned that memory instead of a duplicate")
         return StoreResult(**memory.model_dump(), created=created, message=message)
 
     async def update(self, memory_id: str, *, content: str | None = None, kind: str | None = None,
                      tags: list[str] | None = None, project: str | None = None, importance: int | None = None,
                      metadata: dict[str, Any] | None = None, expires_at: datetime | None = None,
-                     clear_expiry: bool = False, expected_version: int | None = None) -> Memory:
+                     clear_expiry: bool = False, expected_version: int | None = None,
+                     caller: Caller = LOCAL) -> Memory:
         memory_id = check_id(memory_id)
         now = _now()
         patch = MemoryPatch(
@@ -115,35 +135,90 @@ class MemoryService:
         if patch.model_dump(exclude_defaults=True) == {}:
             raise InvalidInput("nothing to update: pass at least one of content, kind, tags, project, "
                                "importance, metadata, expires_at or clear_expiry")
-        updated = await self.storage.update_memory(memory_id, patch, expected_version, now)
+        scope = await self._scope(caller)
+        await self._writable(scope, memory_id, "change")
+        updated = await self.storage.update_memory(memory_id, patch, expected_version, now, scope.access)
         if patch.content is not None:
             self._written()
         return updated
 
-    async def delete(self, memory_id: str) -> DeleteResult:
-        memory = await self.storage.delete_memory(check_id(memory_id), _now())
+    async def delete(self, memory_id: str, *, caller: Caller = LOCAL) -> DeleteResult:
+        memory_id = check_id(memory_id)
+        scope = await self._scope(caller)
+        await self._writable(scope, memory_id, "delete")
+        memory = await self.storage.delete_memory(memory_id, _now(), scope.access)
         return DeleteResult(id=memory.id, deleted=True,
                             message="deleted (a tombstone is kept so sync and migration carry the deletion)")
 
+    async def share(self, memory_id: str, workspace: str, *, caller: Caller = LOCAL) -> ShareResult:
+        """Share with a team workspace: in its own workspace a private memory becomes team-visible; into
+        another workspace a team copy is made (the original stays where it was; the author is kept)."""
+        memory_id = check_id(memory_id)
+        scope = await self._scope(caller)
+        target = scope.workspace(workspace, "member", "share memories into")
+        memory = await self._visible(scope, memory_id)
+        if memory.workspace_id == target.workspace_id:
+            if memory.visibility == "team":
+                return ShareResult(id=memory.id, workspace=target.workspace, copied=False,
+                                   message=f"already visible to every member of {target.workspace}")
+            if target.personal:
+                raise InvalidInput(f"{target.workspace} is your personal workspace; name a team workspace "
+                                   "(list_workspaces shows yours)")
+            await self.storage.update_memory(memory_id, MemoryPatch(visibility="team"), None, _now(),
+                                             scope.access)
+            return ShareResult(id=memory.id, workspace=target.workspace, copied=False,
+                               message=f"now visible to every member of {target.workspace}")
+        if target.personal:
+            raise InvalidInput(f"{target.workspace} is a personal workspace; share into a team workspace")
+        now = _now()
+        copy = NewMemory(
+            id=new_id(), content=memory.content, content_hash=content_hash(memory.content), kind=memory.kind,
+            tags=memory.tags, project=memory.project, importance=memory.importance,
+            metadata={**memory.metadata, "shared_from": memory.id}, author=memory.author, created_at=now,
+            expires_at=memory.expires_at, workspace_id=target.workspace_id, visibility="team",
+            created_by=memory.created_by, updated_by=caller.user_id,
+        )
+        shared, created = await self.storage.add_memory(copy)
+        if created:
+            self._written()
+        return ShareResult(id=shared.id, workspace=target.workspace, copied=True,
+                           message=(f"copied into {target.workspace} for every member; the original stays in "
+                                    "its workspace" if created else
+                                    f"{target.workspace} already has this content as {shared.id}"))
+
     # ---- reads ----------------------------------------------------------------------------------------
 
-    async def get(self, memory_id: str) -> Memory:
+    async def get(self, memory_id: str, *, history: bool = False, caller: Caller = LOCAL) -> MemoryDetail:
         memory_id = check_id(memory_id)
-        memory = await self.storage.get_memory(memory_id)
-        if memory is None or memory.deleted_at is not None:
-            raise NotFound(f"no memory with id {memory_id}; search_memory or list_memories shows existing ids")
-        return memory
+        scope = await self._scope(caller)
+        memory = await self._visible(scope, memory_id)
+        versions = await self.storage.history(memory_id, scope.access, MAX_HISTORY) if history else None
+        if versions:
+            names = {v.changed_by: await self._user_name(v.changed_by) for v in versions}
+            versions = [v.model_copy(update={"changed_by": names[v.changed_by]}) for v in versions]
+        ws = scope.by_id.get(memory.workspace_id)
+        return MemoryDetail(**memory.model_dump(), workspace=ws.workspace if ws else memory.workspace_id,
+                            created_by_name=await self._user_name(memory.created_by),
+                            updated_by_name=await self._user_name(memory.updated_by), history=versions)
+
+    async def workspaces(self, *, caller: Caller = LOCAL) -> list[WorkspaceInfo]:
+        scope = await self._scope(caller)
+        counts = await self.accounts.workspace_counts(caller.user_id, list(scope.access.workspaces), _now())
+        return [WorkspaceInfo(**m.model_dump(), members=counts.get(m.workspace_id, (0, 0))[0],
+                              memories=counts.get(m.workspace_id, (0, 0))[1]) for m in scope.memberships]
 
     async def search(self, query: str, limit: int = 10, project: str | None = None,
                      kinds: list[str] | None = None, tags: list[str] | None = None,
                      since: datetime | None = None, until: datetime | None = None,
-                     mode: str | None = None) -> SearchResult:
+                     mode: str | None = None, *, workspace: str | None = None,
+                     caller: Caller = LOCAL) -> SearchResult:
         if not isinstance(query, str) or not query.strip():
             raise InvalidInput("query is empty: give the words or question to search for")
         if mode not in (None, "hybrid", "keyword", "semantic"):
             raise InvalidInput(f"mode {mode!r} is not one of: hybrid, keyword, semantic")
         query = _clean_text(query)
-        where = self._filter(project, kinds, tags, since, until)
+        scope = await self._scope(caller)
+        where = self._filter(project, kinds, tags, since, until, scope=scope, workspace=workspace)
         size = _limit(limit, 100)
         terms = search_terms(query)
         keyword_only = mode == "keyword" or self.semantic is None
@@ -171,14 +246,15 @@ class MemoryService:
                     "the query has no searchable words (letters or digits); nothing matched"))
             if mode == "semantic" and not keyword_only:  # fell back from semantic: no pool fetched yet
                 await keyword_pool()
-            hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory)) for s in keyword[:size]]
+            hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory), scope.name(s.memory))
+                    for s in keyword[:size]]
             return SearchResult(query=query, mode="keyword", results=hits, note=note)
         assert vector is not None and self.semantic is not None
         similar = await self.storage.search_vector(vector, self.semantic.model, where,
                                                    size if ran == "semantic" else pool)
         fused = fuse(keyword if ran == "hybrid" else [], similar, size)
         hits = [SearchHit.of(f.memory, round(f.score if ran == "hybrid" else f.similarity or 0.0, 6),
-                             _semantic_reason(terms, f)) for f in fused]
+                             _semantic_reason(terms, f), scope.name(f.memory)) for f in fused]
         return SearchResult(query=query, mode=ran, results=hits, note=await self._pending_note())
 
     async def _plan(self, query: str, mode: str | None) -> tuple[SearchMode, list[float] | None, str | None]:
@@ -243,8 +319,10 @@ class MemoryService:
         return queued
 
     async def list_memories(self, project: str | None = None, kind: str | None = None, tags: list[str] | None = None,
-                   limit: int = 20, cursor: str | None = None) -> MemoryPage:
-        where = self._filter(project, [kind] if kind else None, tags, None, None)
+                            limit: int = 20, cursor: str | None = None, *, workspace: str | None = None,
+                            caller: Caller = LOCAL) -> MemoryPage:
+        scope = await self._scope(caller)
+        where = self._filter(project, [kind] if kind else None, tags, None, None, scope=scope, workspace=workspace)
         size = _limit(limit, 100)
         after = check_id(cursor, "cursor") if cursor else None
         page = await self.storage.list_memories(where, size + 1, after)
@@ -252,24 +330,29 @@ class MemoryService:
         page = page[:size]
         return MemoryPage(memories=page, next_cursor=page[-1].id if more and page else None)
 
-    async def context(self, project: str | None = None, limit: int = 20) -> ProjectContext:
+    async def context(self, project: str | None = None, limit: int = 20, *, workspace: str | None = None,
+                      caller: Caller = LOCAL) -> ProjectContext:
         size = _limit(limit, 100)
         name = self._project(project)
+        scope = await self._scope(caller)
         sections = []
         for title, kinds in (("Decisions", ["decision"]), ("Constraints", ["constraint"]),
                              ("Open todos", ["todo"]), ("Risks, interfaces and preferences",
                                                         ["risk", "interface", "preference"])):
-            found = await self.storage.top_memories(self._filter(name, kinds, None, None, None), size)
+            found = await self.storage.top_memories(
+                self._filter(name, kinds, None, None, None, scope=scope, workspace=workspace), size)
             if found:
                 sections.append(ContextSection(title=title, memories=found))
-        recent = await self.storage.list_memories(self._filter(name, ["fact", "note"], None, None, None),
-                                                  min(size, 10), None)
+        recent = await self.storage.list_memories(
+            self._filter(name, ["fact", "note"], None, None, None, scope=scope, workspace=workspace),
+            min(size, 10), None)
         if recent:
             sections.append(ContextSection(title="Recent facts and notes", memories=recent))
         return ProjectContext(project=name, sections=sections, summary=_summary(name, sections))
 
-    async def status(self) -> Status:
-        stats = await self.storage.stats(_now())
+    async def status(self, *, caller: Caller = LOCAL) -> Status:
+        scope = await self._scope(caller)
+        stats = await self.storage.stats(_now(), scope.access)
         counts = await self.jobs.counts() if self.jobs is not None else None
         return Status(
             embedding_model=await self.storage.get_meta("embedding_model"),
@@ -308,8 +391,49 @@ class MemoryService:
             raise InvalidInput(f"project name is {len(name)} characters; the limit is {MAX_PROJECT_CHARS}")
         return name
 
+    # ---- callers and workspaces ------------------------------------------------------------------------
+
+    async def _scope(self, caller: Caller) -> Scope:
+        memberships = await self.accounts.memberships(caller.user_id)
+        if not memberships:
+            raise PermissionDenied(f"user {caller.name} belongs to no workspace; ask an admin to add you")
+        return Scope(caller, memberships)
+
+    async def _visible(self, scope: Scope, memory_id: str) -> Memory:
+        memory = await self.storage.get_memory(memory_id, scope.access)
+        if memory is None or memory.deleted_at is not None:
+            raise NotFound(f"no memory with id {memory_id}; search_memory or list_memories shows existing ids")
+        return memory
+
+    async def _writable(self, scope: Scope, memory_id: str, verb: str) -> Memory:
+        """The memory, if the caller's role lets them change it: members their own memories, admins and
+        owners any team memory of the workspace; readers nothing."""
+        memory = await self._visible(scope, memory_id)
+        role = scope.by_id[memory.workspace_id].role
+        own = memory.created_by == scope.caller.user_id
+        if RANK[role] < RANK["member"] or (not own and RANK[role] < RANK["admin"]):
+            need = "member or above" if RANK[role] < RANK["member"] else "admin or owner (it is not yours)"
+            raise PermissionDenied(f"your role in {scope.by_id[memory.workspace_id].workspace} is {role}; "
+                                   f"to {verb} memory {memory_id} you need to be {need}")
+        return memory
+
+    def _author(self, caller: Caller) -> str:
+        return self.settings.user if caller.user_id == LOCAL.user_id else caller.name
+
+    async def _user_name(self, user_id: str) -> str:
+        name = self._user_names.get(user_id)
+        if name is None:
+            if user_id == LOCAL.user_id:
+                name = self.settings.user
+            else:
+                user = await self.accounts.find_user(user_id)
+                name = user.name if user else user_id
+            self._user_names[user_id] = name  # user names never change
+        return name
+
     def _filter(self, project: str | None, kinds: list[str] | None, tags: list[str] | None,
-                since: datetime | None, until: datetime | None) -> MemoryFilter:
+                since: datetime | None, until: datetime | None, *, scope: Scope,
+                workspace: str | None = None) -> MemoryFilter:
         since, until = _aware(since), _aware(until)
         if since and until and since >= until:
             raise InvalidInput(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
@@ -318,7 +442,55 @@ class MemoryService:
             kinds=sorted({_kind(k) for k in kinds}) if kinds else None,
             tags=_tags(tags) or None,
             since=since, until=until, now=_now(),
+            user_id=scope.caller.user_id, workspaces=scope.readable(workspace),
         )
+
+
+class Scope:
+    """A caller and their memberships, resolved once per call: which workspaces a name means and what the
+    caller's role there allows."""
+
+    def __init__(self, caller: Caller, memberships: list[Membership]) -> None:
+        self.caller = caller
+        self.memberships = memberships
+        self.by_id = {m.workspace_id: m for m in memberships}
+        self.access = Access(user_id=caller.user_id, workspaces=tuple(self.by_id))
+
+    def find(self, name_or_id: str | None) -> Membership:
+        if name_or_id is None or not str(name_or_id).strip() or name_or_id in ("~", "personal"):
+            return next((m for m in self.memberships if m.personal), self.memberships[0])
+        wanted = str(name_or_id).strip()
+        for m in self.memberships:
+            if wanted in (m.workspace_id, m.workspace):
+                return m
+        # Unknown and not-yours look the same, so names of other teams' workspaces do not leak.
+        raise NotFound(f"you have no workspace {wanted!r}; list_workspaces shows yours: "
+                       + ", ".join(m.workspace for m in self.memberships))
+
+    def workspace(self, name_or_id: str | None, min_role: str, verb: str) -> Membership:
+        found = self.find(name_or_id)
+        if RANK[found.role] < RANK[min_role]:
+            raise PermissionDenied(f"your role in {found.workspace} is {found.role}; to {verb} it you need "
+                                   f"to be {min_role} or above")
+        return found
+
+    def readable(self, name_or_id: str | None) -> list[str]:
+        if isinstance(name_or_id, str) and name_or_id.strip().lower() in ALL_WORKSPACES:
+            return list(self.by_id)
+        return [self.find(name_or_id).workspace_id]
+
+    def name(self, memory: Memory) -> str:
+        found = self.by_id.get(memory.workspace_id)
+        return found.workspace if found else memory.workspace_id
+
+
+def _visibility(value: str | None, target: Membership) -> Visibility:
+    """Private in a personal workspace, team in a team workspace, unless asked otherwise."""
+    if value is None:
+        return "private" if target.personal else "team"
+    if value not in ("private", "team"):
+        raise InvalidInput(f"visibility {value!r} is not one of: private (only you), team (every member)")
+    return "team" if value == "team" else "private"
 
 
 def content_hash(text: str) -> str:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from server.accounts import Accounts, TokenOwner, hash_token
 from server.app import Runtime, build_server
 from server.errors import StackMemoryError
 from server.storage.migrations import latest_version
 
 if TYPE_CHECKING:
+    from mcp.server.auth.provider import AccessToken
+    from mcp.server.auth.settings import AuthSettings
     from mcp.server.transport_security import TransportSecuritySettings
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -19,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+TOKEN_FRESH = 10.0  # seconds a checked token is trusted without asking the database again
+TOKEN_STALE = 600.0  # seconds a checked token still passes while the database is unreachable
+TOKEN_CACHE_SIZE = 10_000
 
 
 def security(runtime: Runtime) -> TransportSecuritySettings:
@@ -35,13 +44,74 @@ def security(runtime: Runtime) -> TransportSecuritySettings:
                                      allowed_origins=origins)
 
 
+class TokenVerifier:
+    """The MCP SDK's bearer-token hook: a StackMemory API token becomes its user, anything else None (the
+    SDK then answers 401 with WWW-Authenticate, the same for every kind of bad token). Tokens are never
+    logged; only their SHA-256 is looked up.
+
+    A token checked in the last TOKEN_FRESH seconds is not looked up again (so a revocation takes effect
+    within that time), and while the database is unreachable a token seen in the last TOKEN_STALE seconds
+    still passes: the call then fails with "database unavailable", not with a misleading 401."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._seen: OrderedDict[str, tuple[float, TokenOwner]] = OrderedDict()
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        from mcp.server.auth.provider import AccessToken
+
+        key = hash_token(token)
+        now = time.monotonic()
+        cached = self._seen.get(key)
+        owner: TokenOwner | None
+        if cached is not None and now - cached[0] < TOKEN_FRESH:
+            owner = cached[1]
+        else:
+            try:
+                owner = await Accounts(self.runtime.service.accounts).authenticate(token)
+            except StackMemoryError as exc:
+                log.warning("token check failed: %s", exc)
+                owner = cached[1] if cached is not None and now - cached[0] < TOKEN_STALE else None
+            else:
+                self._remember(key, now, owner)
+        if owner is None or (owner.expires_at is not None and owner.expires_at <= datetime.now(UTC)):
+            return None
+        expires = int(owner.expires_at.timestamp()) if owner.expires_at else None
+        return AccessToken(token=token, client_id=owner.caller.user_id, scopes=[], expires_at=expires,
+                           subject=owner.caller.user_id, claims={"name": owner.caller.name})
+
+    def _remember(self, key: str, now: float, owner: TokenOwner | None) -> None:
+        if owner is None:
+            self._seen.pop(key, None)
+            return
+        self._seen[key] = (now, owner)
+        self._seen.move_to_end(key)
+        while len(self._seen) > TOKEN_CACHE_SIZE:
+            self._seen.popitem(last=False)
+
+
+def auth_settings(runtime: Runtime, transport: str) -> AuthSettings:
+    """Protected-resource metadata (RFC 9728) at /.well-known/oauth-protected-resource, so spec-following
+    clients learn this server takes bearer tokens. StackMemory issues its own tokens (`stackmemory token
+    create`); there is no OAuth authorization server, so the issuer named is the server itself."""
+    from mcp.server.auth.settings import AuthSettings
+    from pydantic import AnyHttpUrl
+
+    base = runtime.settings.base_url
+    return AuthSettings(issuer_url=AnyHttpUrl(base),
+                        resource_server_url=AnyHttpUrl(base + ("/sse" if transport == "sse" else "/mcp")),
+                        validate_token_resource=False)
+
+
 def build_http_app(runtime: Runtime, transport: str) -> Starlette:
     """A Starlette app serving MCP over `transport` ('http' or 'sse') plus /healthz and /readyz."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Mount
 
-    server = build_server(runtime)
+    tokens = runtime.settings.auth == "tokens"
+    server = build_server(runtime, auth=auth_settings(runtime, transport) if tokens else None,
+                          verifier=TokenVerifier(runtime) if tokens else None)
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(_: Request) -> Response:
@@ -68,7 +138,8 @@ def build_http_app(runtime: Runtime, transport: str) -> Starlette:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         # One storage (and pool) for the whole process; the MCP app's own lifespan runs inside it.
-        async with runtime.session(), inner.router.lifespan_context(inner):
+        async with runtime.session() as svc, inner.router.lifespan_context(inner):
+            svc.require_caller = tokens
             yield
 
     return Starlette(routes=[Mount("/", app=inner)], lifespan=lifespan)

@@ -143,3 +143,42 @@ def server_env(db: str, **extra: str) -> dict[str, str]:
 
 PYTHON = sys.executable
 
+
+def issue_token(db: str, user: str = "tester") -> str:
+    """A real API token for `user` (created if missing) in the database at `db`, made in a thread of its
+    own so it works from sync fixtures and async tests alike."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.accounts import Accounts
+    from server.config import Settings
+    from server.storage import open_accounts, open_storage
+
+    async def make() -> str:
+        storage = open_storage(Settings.load(env={"STACKMEMORY_EMBEDDINGS": "none"}, db=db))
+        await storage.open()
+        try:
+            accounts = Accounts(open_accounts(storage))
+            if await accounts.store.find_user(user) is None:
+                await accounts.create_user(user)
+            return (await accounts.create_token(user, "tests")).token
+        finally:
+            await storage.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, make()).result()
+
+
+def mcp_client(base: str, transport: str, token: str | None) -> Any:
+    """An SDK Client for a served StackMemory, sending the token as a bearer header."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.sse import sse_client
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if transport == "sse":
+        return Client(sse_client(base + "/sse", headers=headers))
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300))
+    return Client(streamable_http_client(base + "/mcp", http_client=http))
+

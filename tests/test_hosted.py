@@ -7,7 +7,6 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
-from mcp import Client
 
 from tests.test_transports import Served
 
@@ -23,7 +22,7 @@ def stop(server: Any) -> None:
 async def test_calls_during_a_postgres_outage_fail_clearly_and_service_recovers_by_itself(private_pg: Any) -> None:
     served = Served(private_pg.get_uri(), "http")
     try:
-        async with Client(served.base + "/mcp") as c:
+        async with served.client() as c:
             stored = await c.call_tool("store_memory", {"content": "written before the outage"})
             assert not stored.is_error
             await anyio.to_thread.run_sync(stop, private_pg)
@@ -50,18 +49,18 @@ def app_connections(url: str) -> list[str]:
 async def test_a_client_that_disconnects_mid_call_leaks_no_connection(pg_url: str) -> None:
     served = Served(pg_url, "http")
     try:
-        async with Client(served.base + "/mcp") as c:
+        async with served.client() as c:
             mid = (await c.call_tool("store_memory", {"content": "row that will be locked"})).structured_content["id"]
         with psycopg.connect(pg_url) as blocker:
             blocker.execute("SELECT 1 FROM memories WHERE id = %s FOR UPDATE", (mid,))
             with anyio.move_on_after(3):  # the call waits on the row lock; the client gives up and leaves
-                async with Client(served.base + "/mcp") as c:
+                async with served.client() as c:
                     await c.call_tool("update_memory", {"id": mid, "importance": 1})
             blocker.rollback()
         with anyio.fail_after(10):
             while any(state != "idle" for state in app_connections(pg_url)):
                 await anyio.sleep(0.1)
-        async with Client(served.base + "/mcp") as c:
+        async with served.client() as c:
             again = await c.call_tool("get_memory", {"id": mid})
             assert not again.is_error
         assert all(state == "idle" for state in app_connections(pg_url))

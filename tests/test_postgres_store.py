@@ -11,6 +11,7 @@ import anyio
 import psycopg
 import pytest
 
+from server.accounts import LOCAL_ACCESS, LOCAL_NEW
 from server.errors import StorageUnavailable
 from server.models import Memory, MemoryPatch, NewMemory
 from server.storage import migrations
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.anyio
 def new_memory(content: str) -> NewMemory:
     return NewMemory(id=str(uuid.uuid4()), content=content, content_hash=uuid.uuid5(uuid.NAMESPACE_URL, content).hex,
                      kind="fact", tags=["pg"], project="demo", importance=5, metadata={}, author="tester",
-                     created_at=datetime.now(UTC), expires_at=None)
+                     created_at=datetime.now(UTC), expires_at=None, **LOCAL_NEW)
 
 
 @pytest.fixture
@@ -80,14 +81,15 @@ async def test_a_call_while_every_connection_is_busy_fails_fast_and_a_later_call
         blocker.execute("SELECT 1 FROM memories WHERE id = %s FOR UPDATE", (memory.id,))
         async with anyio.create_task_group() as tg:
             # This update takes the pool's only connection and waits on the row lock held above.
-            tg.start_soon(store.update_memory, memory.id, MemoryPatch(importance=9), None, datetime.now(UTC))
+            tg.start_soon(store.update_memory, memory.id, MemoryPatch(importance=9), None, datetime.now(UTC),
+                          LOCAL_ACCESS)
             with anyio.fail_after(10):
                 while not _waiting_on_lock(pg_url):
                     await anyio.sleep(0.05)
             with pytest.raises(StorageUnavailable, match="busy.*STACKMEMORY_POOL_MAX"):
-                await store.get_memory(memory.id)
+                await store.get_memory(memory.id, LOCAL_ACCESS)
             blocker.commit()
-    fetched = await store.get_memory(memory.id)
+    fetched = await store.get_memory(memory.id, LOCAL_ACCESS)
     assert fetched is not None and fetched.importance == 9
 
 
@@ -111,7 +113,7 @@ async def test_calls_fail_clearly_while_the_server_restarts_and_work_again_witho
         pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009 - generated per binary at import time
         await anyio.to_thread.run_sync(lambda: pg_ctl(stop, pgdata=server.pgdata, user=server.system_user))
         with pytest.raises(StorageUnavailable, match="database unavailable.*retry"):
-            await store.get_memory(memory.id)
+            await store.get_memory(memory.id, LOCAL_ACCESS)
         await anyio.to_thread.run_sync(server.ensure_postgres_running)
         with anyio.fail_after(20):
             fetched = await _first_success(store, memory.id)
@@ -123,6 +125,6 @@ async def test_calls_fail_clearly_while_the_server_restarts_and_work_again_witho
 async def _first_success(store: PostgresStore, memory_id: str) -> Memory | None:
     while True:
         try:
-            return await store.get_memory(memory_id)
+            return await store.get_memory(memory_id, LOCAL_ACCESS)
         except StorageUnavailable:
             await anyio.sleep(0.2)

@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 import pytest
 
+from server.accounts import LOCAL_ACCESS, LOCAL_NEW, LOCAL_SCOPE
 from server.app import Runtime
 from server.config import Settings
 from server.errors import ConfigError
@@ -77,7 +78,7 @@ async def populate(store: SQLiteStore, other: SQLiteStore, rng: random.Random, v
         expires = rng.choice([None] * 8 + [NOW - timedelta(hours=1), NOW + timedelta(days=3)])
         new = NewMemory(id=new_id(), content=f"memory {i}", content_hash=f"h{i}", kind=rng.choice(KINDS),
                         tags=rng.sample(TAGS, rng.randrange(len(TAGS) + 1)), project=rng.choice(PROJECTS),
-                        importance=5, metadata={}, author="tester", created_at=created, expires_at=expires)
+                        importance=5, metadata={}, author="tester", created_at=created, expires_at=expires, **LOCAL_NEW)
         ids.append((await store.add_memory(new))[0].id)
     made: list[list[float]] = []
     items = []
@@ -88,16 +89,16 @@ async def populate(store: SQLiteStore, other: SQLiteStore, rng: random.Random, v
     items.append((ids[280], [0.0] * len(made[0])))  # a vector with no direction
     await store.put_vectors(MODEL, items)
     await store.put_vectors("other/model", [(i, [1.0, 0.0]) for i in ids[281:285]])
-    await other.search_vector(vector(rng), MODEL, MemoryFilter(now=NOW), 10)
+    await other.search_vector(vector(rng), MODEL, MemoryFilter(now=NOW, **LOCAL_SCOPE), 10)
     deleted = rng.sample(ids[:280], 25)
     for memory_id in deleted:
-        await store.delete_memory(memory_id, NOW)
+        await store.delete_memory(memory_id, NOW, LOCAL_ACCESS)
     changed = rng.sample(sorted(set(ids[:280]) - set(deleted)), 20)
     for n, memory_id in enumerate(changed):
-        await store.update_memory(memory_id, MemoryPatch(content=f"changed {n}", content_hash=f"c{n}"), None, NOW)
+        await store.update_memory(memory_id, MemoryPatch(content=f"changed {n}", content_hash=f"c{n}"), None, NOW, LOCAL_ACCESS)
     await store.put_vectors(MODEL, [(i, vector(rng)) for i in changed[:10]])  # half embedded again
     await store.put_vectors(MODEL, [(deleted[0], vector(rng))])  # a late write for a deleted one is dropped
-    expired = {i for i in ids if (m := await store.get_memory(i)) and m.expires_at and m.expires_at <= NOW}
+    expired = {i for i in ids if (m := await store.get_memory(i, LOCAL_ACCESS)) and m.expires_at and m.expires_at <= NOW}
     return set(ids[:281]) - set(deleted) - set(changed[10:]) - expired
 
 
@@ -109,7 +110,7 @@ def random_filter(rng: random.Random) -> MemoryFilter:
         tags=rng.choice([None, None, rng.sample(TAGS, 1), rng.sample(TAGS, 2)]),
         since=rng.choice([None, since]),
         until=rng.choice([None, since + timedelta(hours=rng.randrange(1, 1500))]),
-        now=NOW,
+        now=NOW, **LOCAL_SCOPE,
     )
 
 
@@ -176,7 +177,7 @@ async def test_both_indexes_skip_what_must_not_match_and_order_ties_newest_first
     rng = random.Random(3)
     may_match = await populate(with_vec, in_memory, rng, exact)
     for store in both:
-        found = await store.search_vector([0.0] * 16, MODEL, MemoryFilter(now=NOW), 500)
+        found = await store.search_vector([0.0] * 16, MODEL, MemoryFilter(now=NOW, **LOCAL_SCOPE), 500)
         assert [h.id for h in found] == sorted(may_match, reverse=True)  # no direction: every score is 0
         assert {h.score for h in found} == {0.0}
 
@@ -184,10 +185,10 @@ async def test_both_indexes_skip_what_must_not_match_and_order_ties_newest_first
 async def test_sqlite_vec_searches_in_sql_without_an_in_process_index(both: tuple[SQLiteStore, SQLiteStore]) -> None:
     with_vec, in_memory = both
     await populate(with_vec, in_memory, random.Random(5), gaussian(8))
-    assert await with_vec.search_vector(gaussian(8)(random.Random(1)), MODEL, MemoryFilter(now=NOW), 5)
+    assert await with_vec.search_vector(gaussian(8)(random.Random(1)), MODEL, MemoryFilter(now=NOW, **LOCAL_SCOPE), 5)
     assert with_vec._index is None
-    assert (await with_vec.stats(NOW)).vector_index == "sqlite-vec"
-    assert (await in_memory.stats(NOW)).vector_index == "memory"
+    assert (await with_vec.stats(NOW, LOCAL_ACCESS)).vector_index == "sqlite-vec"
+    assert (await in_memory.stats(NOW, LOCAL_ACCESS)).vector_index == "memory"
 
 
 # ---- choosing the index ---------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ async def test_auto_uses_sqlite_vec_exactly_where_this_python_can_load_it(tmp_pa
     try:
         expected = "sqlite-vec" if vectors.sqlite_vec_problem() is None else "memory"
         assert store.vector_index == expected
-        assert (await store.stats(NOW)).vector_index == expected
+        assert (await store.stats(NOW, LOCAL_ACCESS)).vector_index == expected
     finally:
         await store.close()
 
@@ -240,4 +241,4 @@ def test_the_vector_index_setting_defaults_to_auto_and_refuses_unknown_values() 
 async def test_the_setting_reaches_the_store(tmp_path: Path, settings_for: Any) -> None:
     runtime = Runtime(settings_for(str(tmp_path / "m.db"), STACKMEMORY_VECTOR_INDEX="memory"))
     async with runtime.session() as svc:
-        assert (await svc.storage.stats(NOW)).vector_index == "memory"
+        assert (await svc.storage.stats(NOW, LOCAL_ACCESS)).vector_index == "memory"

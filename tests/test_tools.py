@@ -8,7 +8,8 @@ import pytest
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"store_memory", "get_memory", "update_memory", "delete_memory", "list_memories", "search_memory",
+TOOLS = {"store_memory", "get_memory", "update_memory", "delete_memory", "list_memories", "share_memory",
+         "list_workspaces", "search_memory",
          "get_context", "memory_status"}
 
 

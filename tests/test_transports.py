@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 from mcp import Client
-from mcp.client.sse import sse_client
 
-from tests.conftest import PYTHON, server_env
+from tests.conftest import PYTHON, issue_token, mcp_client, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -40,12 +39,18 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
 
 
 class Served:
-    def __init__(self, db: str, transport: str) -> None:
+    """A `stackmemory serve` process; with tokens on (the default), `token` is a real API token of user
+    "tester" and `client()` sends it."""
+
+    def __init__(self, db: str, transport: str, auth: str = "tokens", **env: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.transport = transport
+        self.db = db
+        self.token = issue_token(db) if auth == "tokens" else None
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "server", "serve", "--transport", transport, "--port", str(self.port)],
-            env=server_env(db), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=server_env(db, STACKMEMORY_AUTH=auth, **env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -56,6 +61,10 @@ class Served:
             except OSError:
                 time.sleep(0.05)
         raise AssertionError("server did not answer /healthz within 30 s")
+
+    def client(self, token: str | None = "") -> Any:
+        """An SDK client with this server's token (or the given one; None sends no header)."""
+        return mcp_client(self.base, self.transport, self.token if token == "" else token)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -68,7 +77,6 @@ class Served:
 @pytest.fixture(params=["http", "sse"])
 def served(request: pytest.FixtureRequest, db_target: str) -> Iterator[Served]:
     s = Served(db_target, request.param)
-    s.transport = request.param  # type: ignore[attr-defined]
     try:
         yield s
     finally:
@@ -76,9 +84,7 @@ def served(request: pytest.FixtureRequest, db_target: str) -> Iterator[Served]:
 
 
 def connect(s: Served) -> Client:
-    if s.transport == "sse":  # type: ignore[attr-defined]
-        return Client(sse_client(s.base + "/sse"))
-    return Client(s.base + "/mcp")
+    return s.client()  # type: ignore[no-any-return]
 
 
 def data(result: Any) -> Any:
@@ -89,7 +95,7 @@ def data(result: Any) -> Any:
 async def test_every_tool_works_over_the_network(served: Served) -> None:
     async with connect(served) as c:
         names = {t.name for t in (await c.list_tools()).tools}
-        assert "search_memory" in names and len(names) == 8
+        assert "search_memory" in names and len(names) == 10
         mid = data(await c.call_tool("store_memory", {"content": "Staging lives at staging.example.com",
                                                       "kind": "fact", "tags": ["env"]}))["id"]
         assert [r["id"] for r in data(await c.call_tool("search_memory", {"query": "staging"}))["results"]
@@ -111,8 +117,9 @@ async def test_health_and_readiness_endpoints_answer(served: Served) -> None:
 
 
 async def test_requests_with_a_foreign_host_or_origin_are_refused(served: Served) -> None:
-    path = "/sse" if served.transport == "sse" else "/mcp"  # type: ignore[attr-defined]
-    status, _ = get(served.base + path, {"Host": "evil.example:80", "Accept": "text/event-stream"})
+    path = "/sse" if served.transport == "sse" else "/mcp"
+    token = {"Authorization": f"Bearer {served.token}"}  # a valid token does not get a foreign host in
+    status, _ = get(served.base + path, {"Host": "evil.example:80", "Accept": "text/event-stream", **token})
     assert status in (403, 421)
-    status, _ = get(served.base + path, {"Origin": "http://evil.example", "Accept": "text/event-stream"})
+    status, _ = get(served.base + path, {"Origin": "http://evil.example", "Accept": "text/event-stream", **token})
     assert status == 403

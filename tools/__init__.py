@@ -7,11 +7,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec
 
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
+from server.accounts import LOCAL, Caller
 from server.errors import StackMemoryError
 from server.service import MemoryService
 
@@ -24,6 +26,19 @@ async def service(ctx: Context) -> MemoryService:
     if not isinstance(svc, MemoryService):
         raise ToolError("StackMemory is still starting; retry in a moment")
     return svc
+
+
+async def caller(ctx: Context) -> Caller:
+    """Resolver: who is calling. Over HTTP with tokens, the token's user (the SDK's bearer middleware put it
+    in the request context); over stdio, the implicit local user. A server that requires tokens never
+    falls back to the local user."""
+    token = get_access_token()
+    if token is not None and token.subject:
+        return Caller(user_id=token.subject, name=str((token.claims or {}).get("name", token.subject)))
+    svc = await service(ctx)
+    if svc.require_caller:
+        raise ToolError("this server requires an API token (Authorization: Bearer <token>)")
+    return LOCAL
 
 
 def translated(fn: Callable[P, Awaitable[BaseModel]]) -> Callable[P, Awaitable[CallToolResult]]:

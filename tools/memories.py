@@ -6,13 +6,28 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Resolve
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from server.models import DeleteResult, Kind, Memory, MemoryPage, StoreResult
+from server.accounts import Caller, WorkspaceInfo
+from server.models import (
+    DeleteResult,
+    Kind,
+    Memory,
+    MemoryDetail,
+    MemoryPage,
+    ShareResult,
+    StoreResult,
+    Visibility,
+)
 from server.service import MemoryService
-from tools import service, spec
+from tools import caller, service, spec
 
 Svc = Annotated[MemoryService, Resolve(service)]
+Who = Annotated[Caller, Resolve(caller)]
+Workspace = Annotated[str | None, Field(
+    description="Workspace name or id; default your personal workspace. list_workspaces shows yours.")]
+ReadWorkspace = Annotated[str | None, Field(
+    description="Workspace name or id, or \"all\" for every workspace you belong to; default your personal one.")]
 MemoryId = Annotated[str, Field(description="The memory's id (a UUID from store, search or list results).")]
 Tags = Annotated[list[str] | None, Field(description="Short labels, e.g. [\"db\", \"deploy\"]; at most 32.")]
 Project = Annotated[str | None, Field(
@@ -27,29 +42,42 @@ Expires = Annotated[datetime | None, Field(
 async def store_memory(
     content: Annotated[str, Field(description="The text to remember, self-contained (max 64 KiB by default).")],
     svc: Svc,
+    who: Who,
     kind: Annotated[Kind, Field(description="What sort of memory this is.")] = "note",
     tags: Tags = None,
     project: Project = None,
     importance: Importance = 5,
     metadata: Metadata = None,
     expires_at: Expires = None,
+    workspace: Workspace = None,
+    visibility: Annotated[Visibility | None, Field(
+        description="private (only you) or team (every member of the workspace); default private in your "
+                    "personal workspace, team in a team workspace.")] = None,
 ) -> StoreResult:
     """Save a memory (a fact, decision, constraint, interface, todo, risk, preference or note) so it can be
     found in later sessions. Storing the same content again in the same project returns the existing
     memory instead of a duplicate (created=false)."""
-    return await svc.store(content, kind, tags, project, importance, metadata, expires_at)
+    return await svc.store(content, kind, tags, project, importance, metadata, expires_at,
+                           workspace=workspace, visibility=visibility, caller=who)
 
 
 @spec("Get memory", read_only=True, idempotent=True)
-async def get_memory(id: MemoryId, svc: Svc) -> Memory:
-    """Fetch one memory by id, with its full content, version and timestamps."""
-    return await svc.get(id)
+async def get_memory(
+    id: MemoryId,
+    svc: Svc,
+    who: Who,
+    history: Annotated[bool, Field(description="Also return prior versions, newest first.")] = False,
+) -> MemoryDetail:
+    """Fetch one memory by id, with its full content, version, workspace, who created and last changed
+    it, and optionally its prior versions."""
+    return await svc.get(id, history=history, caller=who)
 
 
 @spec("Update memory", read_only=False, idempotent=False)
 async def update_memory(
     id: MemoryId,
     svc: Svc,
+    who: Who,
     content: Annotated[str | None, Field(description="New text; omit to keep.")] = None,
     kind: Annotated[Kind | None, Field(description="New kind; omit to keep.")] = None,
     tags: Annotated[list[str] | None, Field(description="Replaces all tags; omit to keep.")] = None,
@@ -65,26 +93,52 @@ async def update_memory(
     else's change; on a conflict nothing is changed. Returns the memory with its new version."""
     return await svc.update(id, content=content, kind=kind, tags=tags, project=project, importance=importance,
                             metadata=metadata, expires_at=expires_at, clear_expiry=clear_expiry,
-                            expected_version=expected_version)
+                            expected_version=expected_version, caller=who)
 
 
 @spec("Delete memory", read_only=False, destructive=True, idempotent=False)
-async def delete_memory(id: MemoryId, svc: Svc) -> DeleteResult:
+async def delete_memory(id: MemoryId, svc: Svc, who: Who) -> DeleteResult:
     """Delete a memory. It disappears from search, lists and context; a tombstone records the deletion."""
-    return await svc.delete(id)
+    return await svc.delete(id, caller=who)
 
 
 @spec("List memories", read_only=True, idempotent=True)
 async def list_memories(
     svc: Svc,
+    who: Who,
     project: Annotated[str | None, Field(description="Only this project; omit for all projects.")] = None,
     kind: Annotated[Kind | None, Field(description="Only this kind.")] = None,
     tags: Annotated[list[str] | None, Field(description="Only memories having all of these tags.")] = None,
     limit: Annotated[int, Field(ge=1, le=100, description="Page size, 1-100; default 20.")] = 20,
     cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+    workspace: ReadWorkspace = None,
 ) -> MemoryPage:
     """List memories newest first, a page at a time; pass next_cursor back to continue."""
-    return await svc.list_memories(project, kind, tags, limit, cursor)
+    return await svc.list_memories(project, kind, tags, limit, cursor, workspace=workspace, caller=who)
 
 
-TOOLS = [store_memory, get_memory, update_memory, delete_memory, list_memories]
+@spec("Share memory", read_only=False, idempotent=True)
+async def share_memory(
+    id: MemoryId,
+    workspace: Annotated[str, Field(description="The team workspace to share with (name or id).")],
+    svc: Svc,
+    who: Who,
+) -> ShareResult:
+    """Share a memory with a team workspace so every member's assistant finds it. A private memory already
+    in that workspace becomes team-visible; a memory from elsewhere (e.g. your personal workspace) is
+    copied there as a team memory, keeping its original author, and the original stays where it was."""
+    return await svc.share(id, workspace, caller=who)
+
+
+class Workspaces(BaseModel):
+    workspaces: list[WorkspaceInfo]
+
+
+@spec("List workspaces", read_only=True, idempotent=True)
+async def list_workspaces(svc: Svc, who: Who) -> Workspaces:
+    """Your workspaces: your personal one and the teams you belong to, with your role, the number of
+    members and how many memories you can see in each."""
+    return Workspaces(workspaces=await svc.workspaces(caller=who))
+
+
+TOOLS = [store_memory, get_memory, update_memory, delete_memory, list_memories, share_memory, list_workspaces]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from server.accounts import AccountStore
     from server.config import Settings
     from server.jobs import JobQueue
     from server.storage.base import Storage
@@ -40,3 +41,18 @@ def open_queue(storage: Storage) -> JobQueue:
 
     assert isinstance(storage, SQLiteStore)
     return SQLiteJobs(storage)
+
+
+def open_accounts(storage: Storage) -> AccountStore:
+    """Users, workspaces and tokens, living in the same database as `storage` (which must be open)."""
+    if storage.backend == "postgres":
+        from server.storage.postgres import PostgresStore
+        from server.storage.postgres_accounts import PostgresAccounts
+
+        assert isinstance(storage, PostgresStore)
+        return PostgresAccounts(storage)
+    from server.storage.sqlite import SQLiteStore
+    from server.storage.sqlite_accounts import SQLiteAccounts
+
+    assert isinstance(storage, SQLiteStore)
+    return SQLiteAccounts(storage)

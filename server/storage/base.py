@@ -5,11 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal, Protocol
 
-from server.models import Memory, MemoryFilter, MemoryPatch, NewMemory, ScoredMemory, StoreStats
+from server.models import (
+    Access,
+    Memory,
+    MemoryFilter,
+    MemoryPatch,
+    MemoryVersion,
+    NewMemory,
+    ScoredMemory,
+    StoreStats,
+)
 
 
 class Storage(Protocol):
-    """A place memories live. Adapters raise only server.errors exceptions."""
+    """A place memories live. Adapters raise only server.errors exceptions.
+
+    Every read is limited to what the caller may see (an Access, or the user_id and workspaces of a
+    MemoryFilter): their workspaces, team memories and their own private ones. PostgreSQL also enforces
+    this with row-level security; role rules for writes are the service's, with RLS behind them."""
 
     @property
     def backend(self) -> Literal["sqlite", "postgres"]:
@@ -35,21 +48,28 @@ class Storage(Protocol):
         ...
 
     async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
-        """Insert, or return the live memory with the same project and content hash (created=False)."""
+        """Insert, or return the live memory with the same workspace, dedup owner, project and content
+        hash (created=False)."""
         ...
 
-    async def get_memory(self, memory_id: str) -> Memory | None:
-        """The memory with this id, including a tombstoned one (deleted_at set), or None."""
+    async def get_memory(self, memory_id: str, access: Access) -> Memory | None:
+        """The memory with this id, including a tombstoned one (deleted_at set), or None (also when the
+        caller may not see it)."""
+        ...
+
+    async def history(self, memory_id: str, access: Access, limit: int) -> list[MemoryVersion]:
+        """Prior versions, newest first; empty when the caller may not see the memory."""
         ...
 
     async def update_memory(self, memory_id: str, patch: MemoryPatch, expected_version: int | None,
-                            now: datetime) -> Memory:
-        """Apply a patch atomically; NotFound for unknown or deleted ids, Conflict on a version mismatch
-        or when the new content duplicates another live memory."""
+                            now: datetime, access: Access) -> Memory:
+        """Apply a patch atomically as access.user_id, keeping the replaced version in the history;
+        NotFound for unknown, invisible or deleted ids, Conflict on a version mismatch or when the new
+        content duplicates another live memory."""
         ...
 
-    async def delete_memory(self, memory_id: str, now: datetime) -> Memory:
-        """Tombstone a live memory; NotFound if there is none."""
+    async def delete_memory(self, memory_id: str, now: datetime, access: Access) -> Memory:
+        """Tombstone a live memory as access.user_id; NotFound if there is none the caller sees."""
         ...
 
     async def list_memories(self, where: MemoryFilter, limit: int, cursor: str | None) -> list[Memory]:
@@ -64,7 +84,9 @@ class Storage(Protocol):
         """Full-text search for any of the plain-text terms, best first."""
         ...
 
-    async def stats(self, now: datetime) -> StoreStats: ...
+    async def stats(self, now: datetime, access: Access) -> StoreStats:
+        """Counts of what the caller can see."""
+        ...
 
     # ---- settings and vectors ---------------------------------------------------------------------------
 

@@ -19,7 +19,16 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from server.config import redact_url
 from server.errors import Conflict, NotFound, StackMemoryError, StorageUnavailable
-from server.models import Memory, MemoryFilter, MemoryPatch, NewMemory, ScoredMemory, StoreStats
+from server.models import (
+    Access,
+    Memory,
+    MemoryFilter,
+    MemoryPatch,
+    MemoryVersion,
+    NewMemory,
+    ScoredMemory,
+    StoreStats,
+)
 from server.storage import migrations
 
 if TYPE_CHECKING:
@@ -62,21 +71,18 @@ class PostgresStore:
             # No server-side prepared statements: they break behind PgBouncer in transaction mode, and
             # the optional-filter queries plan better with their actual parameters.
             kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": None},
+            configure=self._configure,
         )
         try:
             async with self._translated():
                 await self._probe()  # fails fast with the driver's reason, instead of a pool timeout
+                if self.auto_migrate:  # before the pool: its connections must find the app role made
+                    await self.migrate()
                 await pool.open(wait=True, timeout=self.timeout)
         except BaseException:
             await pool.close()
             raise
         self._pool = pool
-        try:
-            if self.auto_migrate:
-                await self.migrate()
-        except BaseException:
-            await self.close()
-            raise
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -84,6 +90,19 @@ class PostgresStore:
             await pool.close()
 
     # ---- connections and errors -----------------------------------------------------------------------
+
+    async def _configure(self, conn: Conn) -> None:
+        """Each pooled connection runs as a role row-level security applies to: when the login role could
+        bypass it (a superuser, or BYPASSRLS), it switches to stackmemory_app, which migration 0006 made."""
+        cur = await conn.execute(Q["role_bypasses_rls"])
+        row = await cur.fetchone()
+        if row and row["bypass"]:
+            if not row["app_role"]:
+                raise StorageUnavailable(
+                    f"the PostgreSQL role {row['login']!r} bypasses row-level security and the "
+                    "stackmemory_app role is missing; run `stackmemory db upgrade` as a role that can "
+                    "create roles, or connect as a role without SUPERUSER or BYPASSRLS")
+            await conn.execute("SET ROLE stackmemory_app")
 
     async def _probe(self) -> None:
         """Connect once outside the pool, so a failure carries the server's own reason."""
@@ -142,29 +161,50 @@ class PostgresStore:
         async with self._connection() as conn, conn.transaction():
             yield conn
 
+    @asynccontextmanager
+    async def _as(self, user_id: str | None) -> AsyncIterator[Conn]:
+        """A transaction in which row-level security knows the caller (user_id), or in which background
+        work acts as the system (None). Pipelined: BEGIN, the setting and the first query share a round trip.
+        Outside such a transaction, memories are invisible: no caller is set."""
+        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+            if user_id is None:
+                await conn.execute(Q["act_as_system"])
+            else:
+                await conn.execute(Q["act_as_user"], {"user_id": user_id})
+            yield conn
+
+    async def _fetch_as(self, user_id: str | None, name: str, params: dict[str, Any]) -> list[DictRow]:
+        async with self._as(user_id) as conn:
+            cur = await conn.execute(Q[name], params)
+            return await cur.fetchall()
+
     async def _fetch(self, name: str, params: dict[str, Any]) -> list[DictRow]:
         async with self._connection() as conn:
             cur = await conn.execute(Q[name], params)
             return await cur.fetchall()
 
     async def migrate(self) -> int:
-        async with self._connection() as conn:
-            # A session lock, so each migration can still commit in its own transaction; a second
-            # process waits here and then finds the work done. A dropped connection releases it.
-            await conn.execute(Q["lock_migrations"], {"key": MIGRATION_LOCK_KEY})
-            try:
-                await conn.execute(Q["create_schema_migrations"])
-                cur = await conn.execute(Q["applied_migrations"])
-                applied = {row["version"]: row["checksum"] for row in await cur.fetchall()}
-                for m in migrations.pending("postgres", applied):
-                    log.info("applying PostgreSQL migration %04d_%s", m.version, m.name)
-                    async with conn.transaction():
-                        await conn.execute(m.sql)
-                        await conn.execute(Q["record_migration"],
-                                           {"version": m.version, "name": m.name, "checksum": m.checksum})
-            finally:
-                if conn.info.transaction_status == pq.TransactionStatus.IDLE:
-                    await conn.execute(Q["unlock_migrations"], {"key": MIGRATION_LOCK_KEY})
+        """On a connection of its own, as the login role (which owns the tables), not the pooled app role."""
+        async with self._translated():
+            conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, row_factory=dict_row,
+                                                         connect_timeout=max(2, int(self.timeout)))
+            async with conn:
+                # A session lock, so each migration can still commit in its own transaction; a second
+                # process waits here and then finds the work done. A dropped connection releases it.
+                await conn.execute(Q["lock_migrations"], {"key": MIGRATION_LOCK_KEY})
+                try:
+                    await conn.execute(Q["create_schema_migrations"])
+                    cur = await conn.execute(Q["applied_migrations"])
+                    applied = {row["version"]: row["checksum"] for row in await cur.fetchall()}
+                    for m in migrations.pending("postgres", applied):
+                        log.info("applying PostgreSQL migration %04d_%s", m.version, m.name)
+                        async with conn.transaction():
+                            await conn.execute(m.sql)
+                            await conn.execute(Q["record_migration"],
+                                               {"version": m.version, "name": m.name, "checksum": m.checksum})
+                finally:
+                    if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+                        await conn.execute(Q["unlock_migrations"], {"key": MIGRATION_LOCK_KEY})
         return migrations.latest_version("postgres")
 
     async def ping(self) -> int:
@@ -182,7 +222,8 @@ class PostgresStore:
     async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
         params = new.model_dump()
         params.update(tags=Jsonb(new.tags), metadata=Jsonb(new.metadata))
-        async with self._connection() as conn:
+        params["dedup_owner"] = new.dedup_owner
+        async with self._as(new.updated_by) as conn:
             for _ in range(ADD_ATTEMPTS):
                 # ON CONFLICT makes two concurrent adds of one text insert once; the loser reads the winner.
                 cur = await conn.execute(Q["insert_memory"], params)
@@ -195,13 +236,18 @@ class PostgresStore:
                     return _memory(existing), False
         raise StorageUnavailable("the memory kept colliding with concurrent changes to the same content; retry")
 
-    async def get_memory(self, memory_id: str) -> Memory | None:
-        rows = await self._fetch("get_memory", {"id": memory_id})
+    async def get_memory(self, memory_id: str, access: Access) -> Memory | None:
+        rows = await self._fetch_as(access.user_id, "get_memory", {"id": memory_id, **_access(access)})
         return _memory(rows[0]) if rows else None
 
+    async def history(self, memory_id: str, access: Access, limit: int) -> list[MemoryVersion]:
+        rows = await self._fetch_as(access.user_id, "history", {"id": memory_id, "limit": limit})
+        return [_version(r) for r in rows]
+
     async def update_memory(self, memory_id: str, patch: MemoryPatch, expected_version: int | None,
-                            now: datetime) -> Memory:
-        async with self._transaction() as conn:
+                            now: datetime, access: Access) -> Memory:
+        editor = access.user_id
+        async with self._as(editor) as conn:
             cur = await conn.execute(Q["lock_memory"], {"id": memory_id})
             row = await cur.fetchone()
             if row is None or row["deleted_at"] is not None:
@@ -213,30 +259,34 @@ class PostgresStore:
                     "changed it since you read it; get_memory it again and reapply your change"
                 )
             merged = _merge(current, patch, row["content_hash"])
-            if merged["content_hash"] != row["content_hash"] or merged["project"] != current.project:
+            if (merged["content_hash"], merged["project"], merged["dedup_owner"]) != (
+                    row["content_hash"], current.project, _dedup_owner(current.visibility, current.created_by)):
                 cur = await conn.execute(Q["find_duplicate"], merged)
                 clash = await cur.fetchone()
                 if clash is not None and clash["id"] != memory_id:
                     raise Conflict(f"memory {clash['id']} in project {merged['project']!r} already has "
                                    "this content; update or delete that one instead")
-            merged.update(id=memory_id, now=now, version=current.version)
+            merged.update(id=memory_id, now=now, version=current.version, updated_by=editor)
+            await conn.execute(Q["save_history"], {"id": memory_id, "changed_by": editor, "now": now})
             cur = await conn.execute(Q["update_memory"], merged)
             updated = await cur.fetchone()
         assert updated is not None  # the row is locked, so nothing changed it since we read it
         return _memory(updated)
 
-    async def delete_memory(self, memory_id: str, now: datetime) -> Memory:
-        rows = await self._fetch("tombstone_memory", {"id": memory_id, "now": now})
+    async def delete_memory(self, memory_id: str, now: datetime, access: Access) -> Memory:
+        rows = await self._fetch_as(access.user_id, "tombstone_memory",
+                                    {"id": memory_id, "now": now, "updated_by": access.user_id})
         if not rows:
             raise NotFound(f"no memory with id {memory_id}; it may already be deleted")
         return _memory(rows[0])
 
     async def list_memories(self, where: MemoryFilter, limit: int, cursor: str | None) -> list[Memory]:
-        rows = await self._fetch("list_memories", {**_filter(where), "limit": limit, "cursor": cursor})
+        rows = await self._fetch_as(where.user_id, "list_memories",
+                                    {**_filter(where), "limit": limit, "cursor": cursor})
         return [_memory(r) for r in rows]
 
     async def top_memories(self, where: MemoryFilter, limit: int) -> list[Memory]:
-        rows = await self._fetch("top_memories", {**_filter(where), "limit": limit})
+        rows = await self._fetch_as(where.user_id, "top_memories", {**_filter(where), "limit": limit})
         return [_memory(r) for r in rows]
 
     async def search_keyword(self, terms: list[str], where: MemoryFilter, limit: int) -> list[ScoredMemory]:
@@ -244,8 +294,8 @@ class PostgresStore:
             return []
         # The terms are plain words, so "a or b" in web-search syntax is exactly "any of them".
         query = " or ".join(terms)
-        rows = await self._fetch("search_keyword", {**_filter(where), "limit": limit, "q": query,
-                                                    "pool": KEYWORD_POOL})
+        rows = await self._fetch_as(where.user_id, "search_keyword",
+                                    {**_filter(where), "limit": limit, "q": query, "pool": KEYWORD_POOL})
         return [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r)) for r in rows]
 
     # ---- vectors and settings -------------------------------------------------------------------------
@@ -265,25 +315,26 @@ class PostgresStore:
         create = sql.SQL(Q["create_vector_index"]).format(
             name=sql.Identifier(f"memory_vectors_hnsw_{int(dim)}"), dim=sql.Literal(int(dim)))
         async with self._transaction() as conn:
+            await conn.execute(Q["act_as_owner"])  # an index is the tables' owner's to build
             await conn.execute(Q["lock_migrations_xact"], {"key": MIGRATION_LOCK_KEY})
             await conn.execute(Q["delete_other_vectors"], {"model": model})
             await conn.execute(create)
 
     async def put_vectors(self, model: str, items: list[tuple[str, list[float]]]) -> None:
-        async with self._transaction() as conn, conn.cursor() as cur:
+        async with self._as(None) as conn, conn.cursor() as cur:
             await cur.executemany(Q["put_vector"], [{"memory_id": i, "model": model, "embedding": _vector(v)}
                                                     for i, v in items])
 
     async def live_contents(self, ids: list[str]) -> list[tuple[str, str]]:
-        rows = await self._fetch("live_contents", {"ids": ids})
+        rows = await self._fetch_as(None, "live_contents", {"ids": ids})
         return [(r["id"], r["content"]) for r in rows]
 
     async def unembedded(self, model: str, after: str, limit: int) -> list[str]:
-        rows = await self._fetch("unembedded_ids", {"model": model, "after": after, "limit": limit})
+        rows = await self._fetch_as(None, "unembedded_ids", {"model": model, "after": after, "limit": limit})
         return [r["id"] for r in rows]
 
     async def count_unembedded(self, model: str) -> int:
-        return int((await self._fetch("count_unembedded", {"model": model}))[0]["n"])
+        return int((await self._fetch_as(None, "count_unembedded", {"model": model}))[0]["n"])
 
     async def search_vector(self, vector: list[float], model: str, where: MemoryFilter,
                             limit: int) -> list[ScoredMemory]:
@@ -291,8 +342,7 @@ class PostgresStore:
 
         query = sql.SQL(Q["search_vector"]).format(dim=sql.Literal(len(vector)))
         params = {**_filter(where), "embedding": _vector(vector), "model": model, "limit": limit}
-        # Pipelined: BEGIN, the SET LOCALs, the search and COMMIT go out in one round trip, not four.
-        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+        async with self._as(where.user_id) as conn:
             await conn.execute(Q["vector_scan_settings"], {"ef": str(max(40, limit))})
             cur = await conn.execute(query, params)
             rows = await cur.fetchall()
@@ -313,9 +363,12 @@ class PostgresStore:
             if self._cache_puts % CACHE_TRIM_EVERY == 0:
                 await conn.execute(Q["cache_trim"], {"max_rows": CACHE_MAX_ROWS})
 
-    async def stats(self, now: datetime) -> StoreStats:
-        (row,) = await self._fetch("stats", {"now": now})
-        kinds = await self._fetch("count_by_kind", {"now": now})
+    async def stats(self, now: datetime, access: Access) -> StoreStats:
+        params = {"now": now, **_access(access)}
+        async with self._as(access.user_id) as conn:
+            row = await (await conn.execute(Q["stats"], params)).fetchone()
+            kinds = await (await conn.execute(Q["count_by_kind"], params)).fetchall()
+        assert row is not None
         return StoreStats(backend="postgres", location=self.location, schema_version=await self.ping(),
                           memories=row["live"], deleted=row["deleted"], expired=row["expired"],
                           by_kind={k["kind"]: k["n"] for k in kinds}, projects=row["projects"])
@@ -326,8 +379,18 @@ def _vector(values: list[float]) -> str:
     return "[" + ",".join(f"{x:.7g}" for x in values) + "]"
 
 
+def _access(access: Access) -> dict[str, Any]:
+    return {"user_id": access.user_id, "workspaces": list(access.workspaces)}
+
+
+def _dedup_owner(visibility: str, created_by: str) -> str:
+    return "" if visibility == "team" else created_by
+
+
 def _filter(where: MemoryFilter) -> dict[str, Any]:
     return {
+        "user_id": where.user_id,
+        "workspaces": list(where.workspaces),
         "project": where.project,
         "kinds": list(where.kinds) if where.kinds else None,
         "tags": Jsonb(where.tags) if where.tags else None,
@@ -339,7 +402,11 @@ def _filter(where: MemoryFilter) -> dict[str, Any]:
 
 def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, Any]:
     expires = None if patch.clear_expiry else (patch.expires_at or current.expires_at)
+    visibility = patch.visibility or current.visibility
     return {
+        "visibility": visibility,
+        "dedup_owner": _dedup_owner(visibility, current.created_by),
+        "workspace_id": current.workspace_id,
         "content": patch.content if patch.content is not None else current.content,
         "content_hash": patch.content_hash or content_hash,
         "kind": patch.kind or current.kind,
@@ -363,5 +430,13 @@ def _memory(row: DictRow) -> Memory:
         project=row["project"], importance=row["importance"], metadata=_json_value(row["metadata"]),
         author=row["author"],
         created_at=row["created_at"], updated_at=row["updated_at"], expires_at=row["expires_at"],
-        version=row["version"], deleted_at=row["deleted_at"],
+        version=row["version"], deleted_at=row["deleted_at"], workspace_id=row["workspace_id"],
+        visibility=row["visibility"], created_by=row["created_by"], updated_by=row["updated_by"],
     )
+
+
+def _version(row: DictRow) -> MemoryVersion:
+    return MemoryVersion.model_construct(
+        version=row["version"], content=row["content"], kind=row["kind"], tags=_json_value(row["tags"]),
+        project=row["project"], importance=row["importance"], metadata=_json_value(row["metadata"]),
+        visibility=row["visibility"], changed_by=row["changed_by"], changed_at=row["changed_at"])

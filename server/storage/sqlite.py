@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from server.errors import Conflict, NotFound, StackMemoryError, StorageUnavailable
-from server.models import Memory, MemoryFilter, MemoryPatch, NewMemory, ScoredMemory, StoreStats
+from server.models import (
+    Access,
+    Memory,
+    MemoryFilter,
+    MemoryPatch,
+    MemoryVersion,
+    NewMemory,
+    ScoredMemory,
+    StoreStats,
+)
 from server.storage import migrations
 from server.storage.vectors import IndexKind, VectorIndex, choose_index, sqlite_vec_path, to_blob
 
@@ -178,7 +187,7 @@ class SQLiteStore:
 
     async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
         params = new.model_dump()
-        params.update(tags=_json(new.tags), metadata=_json(new.metadata),
+        params.update(tags=_json(new.tags), metadata=_json(new.metadata), dedup_owner=new.dedup_owner,
                       created_at=ts(new.created_at), expires_at=ts(new.expires_at))
         # One statement, so it is atomic without an explicit transaction: one trip to the driver thread.
         async with self._statement() as db:
@@ -191,14 +200,19 @@ class SQLiteStore:
             return await self.add_memory(new)
         return _memory(rows[0]), False
 
-    async def get_memory(self, memory_id: str) -> Memory | None:
-        rows = await self._fetch("get_memory", {"id": memory_id})
+    async def get_memory(self, memory_id: str, access: Access) -> Memory | None:
+        rows = await self._fetch("get_memory", {"id": memory_id, **_access(access)})
         return _memory(rows[0]) if rows else None
 
+    async def history(self, memory_id: str, access: Access, limit: int) -> list[MemoryVersion]:
+        if await self.get_memory(memory_id, access) is None:  # history is visible iff its memory is
+            return []
+        return [_version(r) for r in await self._fetch("history", {"id": memory_id, "limit": limit})]
+
     async def update_memory(self, memory_id: str, patch: MemoryPatch, expected_version: int | None,
-                            now: datetime) -> Memory:
+                            now: datetime, access: Access) -> Memory:
         async with self._write() as db:
-            async with db.execute(Q["get_memory"], {"id": memory_id}) as cur:
+            async with db.execute(Q["get_memory"], {"id": memory_id, **_access(access)}) as cur:
                 row = await cur.fetchone()
             if row is None or row["deleted_at"] is not None:
                 raise NotFound(f"no memory with id {memory_id}; it may have been deleted")
@@ -209,22 +223,29 @@ class SQLiteStore:
                     "changed it since you read it; get_memory it again and reapply your change"
                 )
             merged = _merge(current, patch, row["content_hash"])
-            if merged["content_hash"] != row["content_hash"] or merged["project"] != current.project:
+            if (merged["content_hash"], merged["project"], merged["dedup_owner"]) != (
+                    row["content_hash"], current.project, row["dedup_owner"]):
                 async with db.execute(Q["find_duplicate"], merged) as cur:
                     clash = await cur.fetchone()
                 if clash is not None and clash["id"] != memory_id:
                     raise Conflict(f"memory {clash['id']} in project {merged['project']!r} already has "
                                    "this content; update or delete that one instead")
-            merged.update(id=memory_id, now=ts(now), version=current.version)
+            merged.update(id=memory_id, now=ts(now), version=current.version, updated_by=access.user_id)
+            await (await db.execute(Q["save_history"], {"id": memory_id, "changed_by": access.user_id,
+                                                         "now": ts(now)})).close()
             async with db.execute(Q["update_memory"], merged) as cur:
                 updated = await cur.fetchone()
         assert updated is not None
         return _memory(updated)
 
-    async def delete_memory(self, memory_id: str, now: datetime) -> Memory:
-        async with self._statement() as db:
-            row = next(iter(await db.execute_fetchall(Q["tombstone_memory"], {"id": memory_id, "now": ts(now)})),
-                       None)
+    async def delete_memory(self, memory_id: str, now: datetime, access: Access) -> Memory:
+        async with self._write() as db:
+            async with db.execute(Q["get_memory"], {"id": memory_id, **_access(access)}) as cur:
+                visible = await cur.fetchone()
+            row = None
+            if visible is not None:
+                params = {"id": memory_id, "now": ts(now), "updated_by": access.user_id}
+                row = next(iter(await db.execute_fetchall(Q["tombstone_memory"], params)), None)
         if row is None:
             raise NotFound(f"no memory with id {memory_id}; it may already be deleted")
         return _memory(row)
@@ -321,9 +342,9 @@ class SQLiteStore:
         index.add((r["seq"], r["memory_id"], r["vector"]) for r in rows)
         return index
 
-    async def stats(self, now: datetime) -> StoreStats:
-        (row,) = await self._fetch("stats", {"now": ts(now)})
-        kinds = await self._fetch("count_by_kind", {"now": ts(now)})
+    async def stats(self, now: datetime, access: Access) -> StoreStats:
+        (row,) = await self._fetch("stats", {"now": ts(now), **_access(access)})
+        kinds = await self._fetch("count_by_kind", {"now": ts(now), **_access(access)})
         return StoreStats(backend="sqlite", location=self.location, schema_version=await self.ping(),
                           memories=row["live"], deleted=row["deleted"], expired=row["expired"],
                           by_kind={k["kind"]: k["n"] for k in kinds}, projects=row["projects"],
@@ -375,8 +396,14 @@ def _json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _access(access: Access) -> dict[str, Any]:
+    return {"user_id": access.user_id, "workspaces": _json(list(access.workspaces))}
+
+
 def _filter(where: MemoryFilter) -> dict[str, Any]:
     return {
+        "user_id": where.user_id,
+        "workspaces": _json(list(where.workspaces)),
         "project": where.project,
         "kinds": _json(where.kinds) if where.kinds else None,
         "tags": _json(where.tags) if where.tags else None,
@@ -388,7 +415,11 @@ def _filter(where: MemoryFilter) -> dict[str, Any]:
 
 def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, Any]:
     expires = None if patch.clear_expiry else (patch.expires_at or current.expires_at)
+    visibility = patch.visibility or current.visibility
     return {
+        "visibility": visibility,
+        "dedup_owner": "" if visibility == "team" else current.created_by,
+        "workspace_id": current.workspace_id,
         "content": patch.content if patch.content is not None else current.content,
         "content_hash": patch.content_hash or content_hash,
         "kind": patch.kind or current.kind,
@@ -407,7 +438,16 @@ def _memory(row: sqlite3.Row) -> Memory:
         project=row["project"], importance=row["importance"], metadata=json.loads(row["metadata"]),
         author=row["author"], created_at=_dt(row["created_at"]), updated_at=_dt(row["updated_at"]),
         expires_at=_dt(row["expires_at"]), version=row["version"], deleted_at=_dt(row["deleted_at"]),
+        workspace_id=row["workspace_id"], visibility=row["visibility"], created_by=row["created_by"],
+        updated_by=row["updated_by"],
     )
+
+
+def _version(row: sqlite3.Row) -> MemoryVersion:
+    return MemoryVersion.model_construct(
+        version=row["version"], content=row["content"], kind=row["kind"], tags=json.loads(row["tags"]),
+        project=row["project"], importance=row["importance"], metadata=json.loads(row["metadata"]),
+        visibility=row["visibility"], changed_by=row["changed_by"], changed_at=_dt(row["changed_at"]))
 
 
 def _dt(value: str | None) -> datetime | None:

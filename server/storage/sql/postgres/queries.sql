@@ -5,6 +5,22 @@
 -- name: lock_migrations
 SELECT pg_advisory_lock(%(key)s);
 
+-- name: role_bypasses_rls
+SELECT current_user AS login, (rolsuper OR rolbypassrls) AS bypass,
+       EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'stackmemory_app') AS app_role
+  FROM pg_roles WHERE rolname = current_user;
+
+-- name: act_as_user
+-- Row-level security reads the caller from here, for this transaction only.
+SELECT set_config('stackmemory.user_id', %(user_id)s, true), set_config('stackmemory.system', '', true);
+
+-- name: act_as_system
+-- Background work (embedding) reads and writes every workspace's memories.
+SELECT set_config('stackmemory.system', 'on', true);
+
+-- name: act_as_owner
+SET LOCAL ROLE NONE;
+
 -- name: lock_migrations_xact
 SELECT pg_advisory_xact_lock(%(key)s);
 
@@ -38,28 +54,43 @@ SELECT coalesce(max(version), 0) AS version FROM schema_migrations;
 
 -- name: insert_memory
 INSERT INTO memories (id, content, content_hash, kind, tags, project, importance, metadata, author,
-                      created_at, updated_at, expires_at, version)
+                      created_at, updated_at, expires_at, version, workspace_id, visibility, created_by,
+                      updated_by, dedup_owner)
 VALUES (%(id)s, %(content)s, %(content_hash)s, %(kind)s, %(tags)s, %(project)s, %(importance)s,
-        %(metadata)s, %(author)s, %(created_at)s, %(created_at)s, %(expires_at)s, 1)
-ON CONFLICT (project, content_hash) WHERE deleted_at IS NULL DO NOTHING
+        %(metadata)s, %(author)s, %(created_at)s, %(created_at)s, %(expires_at)s, 1, %(workspace_id)s,
+        %(visibility)s, %(created_by)s, %(updated_by)s, %(dedup_owner)s)
+ON CONFLICT (workspace_id, dedup_owner, project, content_hash) WHERE deleted_at IS NULL DO NOTHING
 RETURNING id, content, content_hash, kind, tags, project, importance, metadata, author,
-          created_at, updated_at, expires_at, version, deleted_at;
+          created_at, updated_at, expires_at, version, deleted_at, workspace_id, visibility, created_by,
+          updated_by;
 
 -- name: find_duplicate
 SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
-       created_at, updated_at, expires_at, version, deleted_at
+       created_at, updated_at, expires_at, version, deleted_at, workspace_id, visibility, created_by, updated_by
   FROM memories
- WHERE project = %(project)s AND content_hash = %(content_hash)s AND deleted_at IS NULL;
+ WHERE workspace_id = %(workspace_id)s AND dedup_owner = %(dedup_owner)s AND project = %(project)s
+   AND content_hash = %(content_hash)s AND deleted_at IS NULL;
 
 -- name: get_memory
 SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
-       created_at, updated_at, expires_at, version, deleted_at
+       created_at, updated_at, expires_at, version, deleted_at, workspace_id, visibility, created_by, updated_by
   FROM memories
- WHERE id = %(id)s;
+ WHERE id = %(id)s
+   AND workspace_id = ANY (%(workspaces)s::text[])
+   AND (visibility = 'team' OR created_by = %(user_id)s::text);
+
+-- name: save_history
+INSERT INTO memory_history (memory_id, version, content, kind, tags, project, importance, metadata,
+                            visibility, changed_by, changed_at)
+SELECT id, version, content, kind, tags, project, importance, metadata, visibility, %(changed_by)s, %(now)s
+  FROM memories WHERE id = %(id)s;
+
+-- name: history
+SELECT * FROM memory_history WHERE memory_id = %(id)s ORDER BY version DESC LIMIT %(limit)s;
 
 -- name: lock_memory
 SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
-       created_at, updated_at, expires_at, version, deleted_at
+       created_at, updated_at, expires_at, version, deleted_at, workspace_id, visibility, created_by, updated_by
   FROM memories
  WHERE id = %(id)s
    FOR UPDATE;
@@ -68,20 +99,24 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
 UPDATE memories
    SET content = %(content)s, content_hash = %(content_hash)s, kind = %(kind)s, tags = %(tags)s,
        project = %(project)s, importance = %(importance)s, metadata = %(metadata)s,
-       expires_at = %(expires_at)s, updated_at = %(now)s, version = version + 1
+       expires_at = %(expires_at)s, visibility = %(visibility)s, dedup_owner = %(dedup_owner)s,
+       updated_by = %(updated_by)s, updated_at = %(now)s, version = version + 1
  WHERE id = %(id)s AND deleted_at IS NULL AND version = %(version)s
 RETURNING id, content, content_hash, kind, tags, project, importance, metadata, author,
-          created_at, updated_at, expires_at, version, deleted_at;
+          created_at, updated_at, expires_at, version, deleted_at, workspace_id, visibility, created_by,
+          updated_by;
 
 -- name: tombstone_memory
-UPDATE memories SET deleted_at = %(now)s, updated_at = %(now)s, version = version + 1
+UPDATE memories SET deleted_at = %(now)s, updated_at = %(now)s, updated_by = %(updated_by)s,
+       version = version + 1
  WHERE id = %(id)s AND deleted_at IS NULL
 RETURNING id, content, content_hash, kind, tags, project, importance, metadata, author,
-          created_at, updated_at, expires_at, version, deleted_at;
+          created_at, updated_at, expires_at, version, deleted_at, workspace_id, visibility, created_by,
+          updated_by;
 
 -- name: list_memories
 SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
-       created_at, updated_at, expires_at, version, deleted_at
+       created_at, updated_at, expires_at, version, deleted_at, workspace_id, visibility, created_by, updated_by
   FROM memories
  WHERE deleted_at IS NULL
    AND (%(cursor)s::text IS NULL OR id < %(cursor)s::text)
@@ -91,12 +126,14 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
    AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
    AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
+   AND workspace_id = ANY (%(workspaces)s::text[])
+   AND (visibility = 'team' OR created_by = %(user_id)s::text)
  ORDER BY id DESC
  LIMIT %(limit)s;
 
 -- name: top_memories
 SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
-       created_at, updated_at, expires_at, version, deleted_at
+       created_at, updated_at, expires_at, version, deleted_at, workspace_id, visibility, created_by, updated_by
   FROM memories
  WHERE deleted_at IS NULL
    AND (%(project)s::text IS NULL OR project = %(project)s::text)
@@ -105,6 +142,8 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
    AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
    AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
    AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
+   AND workspace_id = ANY (%(workspaces)s::text[])
+   AND (visibility = 'team' OR created_by = %(user_id)s::text)
  ORDER BY importance DESC, updated_at DESC
  LIMIT %(limit)s;
 
@@ -116,7 +155,8 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
 -- tags and metadata come back as text: most candidates are never shown, so they are parsed only when needed.
 SELECT m.id, m.content, m.content_hash, m.kind, m.tags::text AS tags, m.project, m.importance,
        m.metadata::text AS metadata, m.author,
-       m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at,
+       m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at, m.workspace_id, m.visibility,
+       m.created_by, m.updated_by,
        ts_rank(m.search, q.query) AS score
   FROM (SELECT * FROM memories
          WHERE search @@ websearch_to_tsquery('english', %(q)s)
@@ -127,6 +167,8 @@ SELECT m.id, m.content, m.content_hash, m.kind, m.tags::text AS tags, m.project,
            AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
            AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
            AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
+           AND workspace_id = ANY (%(workspaces)s::text[])
+           AND (visibility = 'team' OR created_by = %(user_id)s::text)
          ORDER BY id DESC
          LIMIT %(pool)s) AS m,
        websearch_to_tsquery('english', %(q)s) AS q (query)
@@ -134,16 +176,24 @@ SELECT m.id, m.content, m.content_hash, m.kind, m.tags::text AS tags, m.project,
  LIMIT %(limit)s;
 
 -- name: stats
+-- Counts of what the caller can see (row-level security would hide the rest anyway).
+WITH mine AS (
+    SELECT deleted_at, expires_at, project FROM memories
+     WHERE workspace_id = ANY (%(workspaces)s::text[])
+       AND (visibility = 'team' OR created_by = %(user_id)s::text)
+)
 SELECT
-    (SELECT count(*) FROM memories
+    (SELECT count(*) FROM mine
       WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)) AS live,
-    (SELECT count(*) FROM memories WHERE deleted_at IS NOT NULL) AS deleted,
-    (SELECT count(*) FROM memories WHERE deleted_at IS NULL AND expires_at <= %(now)s::timestamptz) AS expired,
-    (SELECT count(DISTINCT project) FROM memories WHERE deleted_at IS NULL) AS projects;
+    (SELECT count(*) FROM mine WHERE deleted_at IS NOT NULL) AS deleted,
+    (SELECT count(*) FROM mine WHERE deleted_at IS NULL AND expires_at <= %(now)s::timestamptz) AS expired,
+    (SELECT count(DISTINCT project) FROM mine WHERE deleted_at IS NULL) AS projects;
 
 -- name: count_by_kind
 SELECT kind, count(*) AS n FROM memories
  WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
+   AND workspace_id = ANY (%(workspaces)s::text[])
+   AND (visibility = 'team' OR created_by = %(user_id)s::text)
  GROUP BY kind;
 
 -- name: get_meta
@@ -184,7 +234,8 @@ SELECT m.id FROM memories AS m
 -- tags and metadata come back as text: most candidates are never shown, so they are parsed only when needed.
 SELECT m.id, m.content, m.content_hash, m.kind, m.tags::text AS tags, m.project, m.importance,
        m.metadata::text AS metadata, m.author,
-       m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at,
+       m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at, m.workspace_id, m.visibility,
+       m.created_by, m.updated_by,
        1 - (v.embedding::vector({dim}) <=> %(embedding)s::vector({dim})) AS score
   FROM memory_vectors AS v JOIN memories AS m ON m.id = v.memory_id
  WHERE v.model = %(model)s
@@ -195,6 +246,8 @@ SELECT m.id, m.content, m.content_hash, m.kind, m.tags::text AS tags, m.project,
    AND (%(since)s::timestamptz IS NULL OR m.created_at >= %(since)s::timestamptz)
    AND (%(until)s::timestamptz IS NULL OR m.created_at < %(until)s::timestamptz)
    AND (m.expires_at IS NULL OR m.expires_at > %(now)s::timestamptz)
+   AND m.workspace_id = ANY (%(workspaces)s::text[])
+   AND (m.visibility = 'team' OR m.created_by = %(user_id)s::text)
  ORDER BY v.embedding::vector({dim}) <=> %(embedding)s::vector({dim})
  LIMIT %(limit)s;
 

@@ -1,30 +1,49 @@
 -- Named queries for the SQLite adapter. Every "filter" block reads the same named parameters:
--- :project, :kinds (JSON array or NULL), :tags (JSON array or NULL, all must match), :since, :until, :now.
+-- :project, :kinds (JSON array or NULL), :tags (JSON array or NULL, all must match), :since, :until, :now,
+-- and the caller's access, which PostgreSQL also enforces with row-level security: :workspaces (JSON
+-- array of workspace ids) and :user_id (private memories of anyone else never match).
 
 -- name: insert_memory
 INSERT INTO memories (id, content, content_hash, kind, tags, project, importance, metadata, author,
-                      created_at, updated_at, expires_at, version)
+                      created_at, updated_at, expires_at, version, workspace_id, visibility, created_by,
+                      updated_by, dedup_owner)
 VALUES (:id, :content, :content_hash, :kind, :tags, :project, :importance, :metadata, :author,
-        :created_at, :created_at, :expires_at, 1)
-ON CONFLICT (project, content_hash) WHERE deleted_at IS NULL DO NOTHING
+        :created_at, :created_at, :expires_at, 1, :workspace_id, :visibility, :created_by, :updated_by,
+        :dedup_owner)
+ON CONFLICT (workspace_id, dedup_owner, project, content_hash) WHERE deleted_at IS NULL DO NOTHING
 RETURNING *;
 
 -- name: find_duplicate
-SELECT * FROM memories WHERE project = :project AND content_hash = :content_hash AND deleted_at IS NULL;
+SELECT * FROM memories
+ WHERE workspace_id = :workspace_id AND dedup_owner = :dedup_owner AND project = :project
+   AND content_hash = :content_hash AND deleted_at IS NULL;
 
 -- name: get_memory
-SELECT * FROM memories WHERE id = :id;
+-- A memory the caller may not see is exactly as absent as one that does not exist.
+SELECT * FROM memories
+ WHERE id = :id
+   AND workspace_id IN (SELECT value FROM json_each(:workspaces))
+   AND (visibility = 'team' OR created_by = :user_id);
+
+-- name: save_history
+INSERT INTO memory_history (memory_id, version, content, kind, tags, project, importance, metadata,
+                            visibility, changed_by, changed_at)
+SELECT id, version, content, kind, tags, project, importance, metadata, visibility, :changed_by, :now
+  FROM memories WHERE id = :id;
+
+-- name: history
+SELECT * FROM memory_history WHERE memory_id = :id ORDER BY version DESC LIMIT :limit;
 
 -- name: update_memory
 UPDATE memories
    SET content = :content, content_hash = :content_hash, kind = :kind, tags = :tags, project = :project,
-       importance = :importance, metadata = :metadata, expires_at = :expires_at,
-       updated_at = :now, version = version + 1
+       importance = :importance, metadata = :metadata, expires_at = :expires_at, visibility = :visibility,
+       dedup_owner = :dedup_owner, updated_by = :updated_by, updated_at = :now, version = version + 1
  WHERE id = :id AND deleted_at IS NULL AND version = :version
 RETURNING *;
 
 -- name: tombstone_memory
-UPDATE memories SET deleted_at = :now, updated_at = :now, version = version + 1
+UPDATE memories SET deleted_at = :now, updated_at = :now, updated_by = :updated_by, version = version + 1
  WHERE id = :id AND deleted_at IS NULL
 RETURNING *;
 
@@ -39,6 +58,8 @@ SELECT * FROM memories
    AND (:since IS NULL OR created_at >= :since)
    AND (:until IS NULL OR created_at < :until)
    AND (expires_at IS NULL OR expires_at > :now)
+   AND workspace_id IN (SELECT value FROM json_each(:workspaces))
+   AND (visibility = 'team' OR created_by = :user_id)
  ORDER BY id DESC
  LIMIT :limit;
 
@@ -52,6 +73,8 @@ SELECT * FROM memories
    AND (:since IS NULL OR created_at >= :since)
    AND (:until IS NULL OR created_at < :until)
    AND (expires_at IS NULL OR expires_at > :now)
+   AND workspace_id IN (SELECT value FROM json_each(:workspaces))
+   AND (visibility = 'team' OR created_by = :user_id)
  ORDER BY importance DESC, updated_at DESC
  LIMIT :limit;
 
@@ -79,6 +102,8 @@ SELECT m.*, -top.rank AS score, (SELECT count(*) FROM top) AS pooled
    AND (:since IS NULL OR m.created_at >= :since)
    AND (:until IS NULL OR m.created_at < :until)
    AND (m.expires_at IS NULL OR m.expires_at > :now)
+   AND m.workspace_id IN (SELECT value FROM json_each(:workspaces))
+   AND (m.visibility = 'team' OR m.created_by = :user_id)
  ORDER BY top.rank
  LIMIT :limit;
 
@@ -95,19 +120,29 @@ SELECT m.*, -bm25(memories_fts, 1.0, 0.5) AS score, 0 AS pooled
    AND (:since IS NULL OR m.created_at >= :since)
    AND (:until IS NULL OR m.created_at < :until)
    AND (m.expires_at IS NULL OR m.expires_at > :now)
+   AND m.workspace_id IN (SELECT value FROM json_each(:workspaces))
+   AND (m.visibility = 'team' OR m.created_by = :user_id)
  ORDER BY bm25(memories_fts, 1.0, 0.5)
  LIMIT :limit;
 
 -- name: stats
+-- Counts of what the caller can see.
+WITH mine AS (
+    SELECT * FROM memories
+     WHERE workspace_id IN (SELECT value FROM json_each(:workspaces))
+       AND (visibility = 'team' OR created_by = :user_id)
+)
 SELECT
-    (SELECT count(*) FROM memories WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > :now)) AS live,
-    (SELECT count(*) FROM memories WHERE deleted_at IS NOT NULL) AS deleted,
-    (SELECT count(*) FROM memories WHERE deleted_at IS NULL AND expires_at <= :now) AS expired,
-    (SELECT count(DISTINCT project) FROM memories WHERE deleted_at IS NULL) AS projects;
+    (SELECT count(*) FROM mine WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > :now)) AS live,
+    (SELECT count(*) FROM mine WHERE deleted_at IS NOT NULL) AS deleted,
+    (SELECT count(*) FROM mine WHERE deleted_at IS NULL AND expires_at <= :now) AS expired,
+    (SELECT count(DISTINCT project) FROM mine WHERE deleted_at IS NULL) AS projects;
 
 -- name: count_by_kind
 SELECT kind, count(*) AS n FROM memories
  WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > :now)
+   AND workspace_id IN (SELECT value FROM json_each(:workspaces))
+   AND (visibility = 'team' OR created_by = :user_id)
  GROUP BY kind;
 
 -- name: get_meta
@@ -154,7 +189,9 @@ SELECT m.* FROM json_each(:ids) AS j JOIN memories AS m ON m.id = j.value
                                       WHERE want.value NOT IN (SELECT value FROM json_each(m.tags))))
    AND (:since IS NULL OR m.created_at >= :since)
    AND (:until IS NULL OR m.created_at < :until)
-   AND (m.expires_at IS NULL OR m.expires_at > :now);
+   AND (m.expires_at IS NULL OR m.expires_at > :now)
+   AND m.workspace_id IN (SELECT value FROM json_each(:workspaces))
+   AND (m.visibility = 'team' OR m.created_by = :user_id);
 
 -- name: filtered_ids
 SELECT m.id FROM memories AS m
@@ -165,7 +202,9 @@ SELECT m.id FROM memories AS m
                                       WHERE want.value NOT IN (SELECT value FROM json_each(m.tags))))
    AND (:since IS NULL OR m.created_at >= :since)
    AND (:until IS NULL OR m.created_at < :until)
-   AND (m.expires_at IS NULL OR m.expires_at > :now);
+   AND (m.expires_at IS NULL OR m.expires_at > :now)
+   AND m.workspace_id IN (SELECT value FROM json_each(:workspaces))
+   AND (m.visibility = 'team' OR m.created_by = :user_id);
 
 -- name: search_vector
 -- With sqlite-vec loaded: an exact scan of this model's vectors under the same filters as memories_in,
@@ -186,6 +225,8 @@ WITH top AS (
        AND (:since IS NULL OR m.created_at >= :since)
        AND (:until IS NULL OR m.created_at < :until)
        AND (m.expires_at IS NULL OR m.expires_at > :now)
+       AND m.workspace_id IN (SELECT value FROM json_each(:workspaces))
+       AND (m.visibility = 'team' OR m.created_by = :user_id)
      ORDER BY distance, m.id DESC
      LIMIT :limit
 )
