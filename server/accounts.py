@@ -30,6 +30,7 @@ LOCAL_USER_ID = "00000000-0000-7000-8000-000000000001"
 LOCAL_WORKSPACE_ID = "00000000-0000-7000-8000-000000000002"
 LOCAL_USER_NAME = "local"
 TOKEN_PREFIX = "smk_"
+RESERVED_WORKSPACE_NAMES = {"all": "every workspace of the caller", "personal": "the caller's personal workspace"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A token's last-used time is written at most this often, so authentication is not a write per request.
 TOUCH_EVERY = timedelta(seconds=60)
@@ -215,6 +216,9 @@ class Accounts:
 
     async def create_workspace(self, name: str, owner: str) -> Membership:
         check_name(name, "workspace")
+        if name.lower() in RESERVED_WORKSPACE_NAMES:
+            raise InvalidInput(f"{name!r} is reserved (tools take it to mean {RESERVED_WORKSPACE_NAMES[name.lower()]}); "
+                               "pick another name")
         user = await self.user(owner)
         workspace_id = new_id()
         await self.store.create_workspace(workspace_id, name, user.id, _now())

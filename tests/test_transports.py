@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,13 +50,15 @@ class Served:
         self.transport = transport
         self.db = db
         self.token = issue_token(db) if auth == "tokens" else None
+        # stderr goes to a file: a pipe nobody reads would fill up and stall a server that logs a lot.
+        self.log = tempfile.NamedTemporaryFile(prefix="served-", suffix=".log", delete=False)  # noqa: SIM115
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "server", "serve", "--transport", transport, "--port", str(self.port)],
-            env=server_env(db, STACKMEMORY_AUTH=auth, **env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=server_env(db, STACKMEMORY_AUTH=auth, **env), stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+                raise AssertionError(f"server exited: {self.stderr()}")
             try:
                 if get(self.base + "/healthz")[0] == 200:
                     return
@@ -66,12 +70,19 @@ class Served:
         """An SDK client with this server's token (or the given one; None sends no header)."""
         return mcp_client(self.base, self.transport, self.token if token == "" else token)
 
+    def stderr(self) -> str:
+        path = Path(self.log.name)
+        return path.read_text(errors="replace") if path.exists() else self._final_log
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self._final_log = self.stderr()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
 
 
 @pytest.fixture(params=["http", "sse"])
