@@ -39,6 +39,7 @@ INSTRUCTIONS = (
 
 _CONFIGURED = object()
 WARM_UP_DELAY = 1.0  # seconds after start-up before the embedding model loads
+LISTEN_WAIT = 5.0  # seconds start-up waits for the change feed's LISTEN connection
 
 
 class Runtime:
@@ -47,8 +48,13 @@ class Runtime:
     life, and all of them share one storage (one pool) and one worker."""
 
     def __init__(self, settings: Settings, embedder: Any = _CONFIGURED, *, worker: bool = True,
-                 adopt_model: bool = False) -> None:
+                 adopt_model: bool = False, feed: bool = True) -> None:
+        from server.changes import ChangeBus
+
         self.settings = settings
+        self.bus = ChangeBus()  # the MCP server's subscription bus: change notifications per caller
+        self._feed = feed  # follow the change log (LISTEN or polling) to notify listening sessions
+        self.listener: Any = None
         self.default_project = settings.project or detect_project(Path.cwd())
         self._embedder = embedder
         self._run_worker = worker
@@ -100,6 +106,8 @@ class Runtime:
             stack.push_async_callback(embedder.close)
         semantic, why_not = await attach_embedder(storage, embedder, adopt=self._adopt_model)
         service = MemoryService(storage, self.settings, self.default_project, semantic, queue, why_not)
+        if self._feed:
+            await self._follow_changes(stack, service)
         if semantic is not None and self._run_worker:
             self.worker = Worker(queue, {"embed": service.embed_jobs}, batch=64)
             service.on_write = self.worker.notify
@@ -110,6 +118,25 @@ class Runtime:
             tg.start_soon(self.worker.run)
             tg.start_soon(_prepare, service)
         return service
+
+
+    async def _follow_changes(self, stack: AsyncExitStack, service: MemoryService) -> None:
+        """Deliver the change log to listening sessions: LISTEN on PostgreSQL, polling on SQLite."""
+        from server.changes import PgListener, SqlitePoller
+
+        self.bus.memberships = service.readable_workspaces
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        if service.storage.backend == "postgres":
+            self.listener = PgListener(self.bus, service.changes_store)
+            tg.start_soon(self.listener.run)
+            with anyio.move_on_after(LISTEN_WAIT):  # serve once LISTEN is in effect (or PostgreSQL is slow)
+                await self.listener.connected.wait()
+        else:
+            poller = SqlitePoller(self.bus, service.changes_store.new_entries)  # type: ignore[attr-defined]
+            await poller.prime()
+            service.on_change = poller.poke
+            tg.start_soon(poller.run)
 
 
 async def attach_embedder(storage: Storage, embedder: Embedder | None,
@@ -175,7 +202,7 @@ def build_server(runtime: Runtime, auth: AuthSettings | None = None,
     """The MCP server with every StackMemory tool registered; with auth, every HTTP request needs a token."""
     from mcp.server.mcpserver import MCPServer
 
-    from tools import all_tools
+    from tools import all_tools, register_resources
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[MemoryService]:
@@ -191,9 +218,11 @@ def build_server(runtime: Runtime, auth: AuthSettings | None = None,
         log_level=runtime.settings.log_level,  # type: ignore[arg-type]
         auth=auth,
         token_verifier=verifier,
+        subscriptions=runtime.bus,
     )
     for tool in all_tools():
         server.add_tool(tool.fn, title=tool.title, annotations=tool.annotations)
+    register_resources(server)
     return server
 
 

@@ -14,6 +14,7 @@ import anyio
 
 from server import __version__
 from server.accounts import LOCAL, RANK, AccountStore, Caller, Membership, WorkspaceInfo
+from server.changes import Change, ChangesPage, changes_uri
 from server.config import Settings
 from server.errors import EmbeddingUnavailable, InvalidInput, NotFound, PermissionDenied
 from server.ids import check_id, new_id
@@ -76,6 +77,10 @@ class MemoryService:
             accounts = open_accounts(storage)
         self.accounts = accounts
         self.require_caller = False  # True when served over HTTP with tokens: no local-user fallback
+        from server.storage import open_changes
+
+        self.changes_store = open_changes(storage)
+        self.on_change: Callable[[], None] = lambda: None  # SQLite: look at the change log now
         self._user_names: dict[str, str] = {}
         self.settings = settings
         self.default_project = default_project
@@ -106,6 +111,7 @@ class MemoryService:
         memory, created = await self.storage.add_memory(new)
         if created:
             self._written()
+            self._changed()
         message = ("stored" if created else
                    f"identical content is already stored in project {memory.project!r} of workspace "
                    f"{target.workspace} as {memory.id}; returned that memory instead of a duplicate")
@@ -138,6 +144,7 @@ class MemoryService:
         scope = await self._scope(caller)
         await self._writable(scope, memory_id, "change")
         updated = await self.storage.update_memory(memory_id, patch, expected_version, now, scope.access)
+        self._changed()
         if patch.content is not None:
             self._written()
         return updated
@@ -147,6 +154,7 @@ class MemoryService:
         scope = await self._scope(caller)
         await self._writable(scope, memory_id, "delete")
         memory = await self.storage.delete_memory(memory_id, _now(), scope.access)
+        self._changed()
         return DeleteResult(id=memory.id, deleted=True,
                             message="deleted (a tombstone is kept so sync and migration carry the deletion)")
 
@@ -166,6 +174,7 @@ class MemoryService:
                                    "(list_workspaces shows yours)")
             await self.storage.update_memory(memory_id, MemoryPatch(visibility="team"), None, _now(),
                                              scope.access)
+            self._changed()
             return ShareResult(id=memory.id, workspace=target.workspace, copied=False,
                                message=f"now visible to every member of {target.workspace}")
         if target.personal:
@@ -181,6 +190,7 @@ class MemoryService:
         shared, created = await self.storage.add_memory(copy)
         if created:
             self._written()
+            self._changed()
         return ShareResult(id=shared.id, workspace=target.workspace, copied=True,
                            message=(f"copied into {target.workspace} for every member; the original stays in "
                                     "its workspace" if created else
@@ -200,6 +210,34 @@ class MemoryService:
         return MemoryDetail(**memory.model_dump(), workspace=ws.workspace if ws else memory.workspace_id,
                             created_by_name=await self._user_name(memory.created_by),
                             updated_by_name=await self._user_name(memory.updated_by), history=versions)
+
+    async def changes(self, workspace: str | None = None, since: int | None = None, limit: int = 100, *,
+                      caller: Caller = LOCAL) -> ChangesPage:
+        """The workspace's change feed after `since` (default: from the start), oldest first."""
+        scope = await self._scope(caller)
+        target = scope.workspace(workspace, "reader", "read the changes of")
+        start = 0 if since is None else since
+        if start < 0:
+            raise InvalidInput(f"since {since} is invalid: cursors start at 0 (the beginning of the feed)")
+        size = _limit(limit, 1000)
+        rows = await self.changes_store.changes(caller.user_id, target.workspace_id, start, size + 1)
+        page = rows[:size]
+        names = {r.actor: await self._user_name(r.actor) for r in page}
+        return ChangesPage(
+            workspace=target.workspace, workspace_id=target.workspace_id, uri=changes_uri(target.workspace_id),
+            changes=[Change(cursor=r.cursor, kind=r.kind, entity=r.entity, id=r.entity_id,  # type: ignore[arg-type]
+                            actor=names[r.actor], at=r.at or _now()) for r in page],
+            next_cursor=page[-1].cursor if page else start, more=len(rows) > size)
+
+    async def recent_changes(self, workspace_id: str, limit: int = 50, *, caller: Caller = LOCAL) -> ChangesPage:
+        """The newest `limit` changes of a workspace (what reading its change resource returns)."""
+        scope = await self._scope(caller)
+        target = scope.workspace(workspace_id, "reader", "read the changes of")
+        newest = (await self.changes_store.latest()).get(target.workspace_id, 0)
+        return await self.changes(target.workspace_id, max(0, newest - limit), limit, caller=caller)
+
+    async def readable_workspaces(self, user_id: str) -> set[str]:
+        return {m.workspace_id for m in await self.accounts.memberships(user_id)}
 
     async def workspaces(self, *, caller: Caller = LOCAL) -> list[WorkspaceInfo]:
         scope = await self._scope(caller)
@@ -279,6 +317,9 @@ class MemoryService:
         """Something new waits to be embedded: the cached queue count is stale, and the worker wakes."""
         self._pending = None
         self.on_write()
+
+    def _changed(self) -> None:
+        self.on_change()
 
     async def _pending_note(self) -> str | None:
         if self.jobs is None:

@@ -80,6 +80,13 @@ def spec(title: str, *, read_only: bool, destructive: bool = False, idempotent: 
 
 def all_tools() -> list[ToolSpec]:
     """Every tool, in the order clients list them."""
-    from tools import admin, memories, search
+    from tools import admin, changes, memories, search
 
-    return [*memories.TOOLS, *search.TOOLS, *admin.TOOLS]
+    return [*memories.TOOLS, *search.TOOLS, *changes.TOOLS, *admin.TOOLS]
+
+
+def register_resources(server: Any) -> None:
+    """Resources beside the tools: each workspace's change feed."""
+    from tools import changes
+
+    changes.register(server)

@@ -6,9 +6,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from server.accounts import AccountStore
+    from server.changes import ChangeStore
     from server.config import Settings
     from server.jobs import JobQueue
     from server.storage.base import Storage
+    from server.tasks import TaskStore
 
 
 def open_storage(settings: Settings) -> Storage:
@@ -56,3 +58,33 @@ def open_accounts(storage: Storage) -> AccountStore:
 
     assert isinstance(storage, SQLiteStore)
     return SQLiteAccounts(storage)
+
+
+def open_changes(storage: Storage) -> ChangeStore:
+    """The change feed, living in the same database as `storage` (which must be open)."""
+    if storage.backend == "postgres":
+        from server.storage.postgres import PostgresStore
+        from server.storage.postgres_changes import PostgresChanges
+
+        assert isinstance(storage, PostgresStore)
+        return PostgresChanges(storage)
+    from server.storage.sqlite import SQLiteStore
+    from server.storage.sqlite_changes import SQLiteChanges
+
+    assert isinstance(storage, SQLiteStore)
+    return SQLiteChanges(storage)
+
+
+def open_tasks(storage: Storage) -> TaskStore:
+    """Tasks and Linear connections, living in the same database as `storage` (which must be open)."""
+    if storage.backend == "postgres":
+        from server.storage.postgres import PostgresStore
+        from server.storage.postgres_tasks import PostgresTasks
+
+        assert isinstance(storage, PostgresStore)
+        return PostgresTasks(storage)
+    from server.storage.sqlite import SQLiteStore
+    from server.storage.sqlite_tasks import SQLiteTasks
+
+    assert isinstance(storage, SQLiteStore)
+    return SQLiteTasks(storage)

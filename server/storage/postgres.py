@@ -207,6 +207,19 @@ class PostgresStore:
                         await conn.execute(Q["unlock_migrations"], {"key": MIGRATION_LOCK_KEY})
         return migrations.latest_version("postgres")
 
+    async def notifications(self, channel: str) -> AsyncIterator[str | None]:
+        """What is NOTIFYed on `channel`, over a connection of its own outside the pool: first None, once
+        LISTEN is in effect, then each payload. Losing the connection raises StorageUnavailable."""
+        async with self._translated():
+            conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True,
+                                                         connect_timeout=max(2, int(self.timeout)))
+            async with conn:
+                await conn.execute(sql_identifier_listen(channel))
+                yield None
+                async for note in conn.notifies():
+                    yield note.payload
+        raise StorageUnavailable(f"the LISTEN connection to {self._where()} ended")
+
     async def ping(self) -> int:
         async with self._connection() as conn:
             cur = await conn.execute(Q["has_schema_migrations"])
@@ -372,6 +385,12 @@ class PostgresStore:
         return StoreStats(backend="postgres", location=self.location, schema_version=await self.ping(),
                           memories=row["live"], deleted=row["deleted"], expired=row["expired"],
                           by_kind={k["kind"]: k["n"] for k in kinds}, projects=row["projects"])
+
+
+def sql_identifier_listen(channel: str) -> Any:
+    from psycopg import sql
+
+    return sql.SQL("LISTEN {}").format(sql.Identifier(channel))
 
 
 def _vector(values: list[float]) -> str:
