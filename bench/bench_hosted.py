@@ -26,7 +26,8 @@ from bench_local import VOCAB, make_memory, pct
 ROOT = Path(__file__).resolve().parent.parent
 NOOP = str(Path(__file__).resolve().parent / "noop_http_server.py")
 COLUMNS = ("id", "content", "content_hash", "kind", "tags", "project", "importance", "metadata", "author",
-           "created_at", "updated_at")
+           "created_at", "updated_at", "workspace_id", "visibility", "created_by", "updated_by", "dedup_owner")
+WORKSPACE = "bench"  # the team workspace every client user belongs to; memories are team-visible there
 Calls = list[tuple[str, float, bool, float]]  # (tool, seconds, ok, epoch seconds at the end)
 
 
@@ -56,7 +57,16 @@ async def client_loop(cfg: dict[str, Any], idx: int, ready: asyncio.Event, go: a
     rng = random.Random(cfg["seed"] * 100_003 + idx)
     next_query = query_source(cfg)
     url = cfg["url"]
-    target: Any = Client(sse_client(url + "/sse")) if cfg["transport"] == "sse" else Client(url + "/mcp")
+    tokens = cfg.get("tokens") or []
+    headers = {"Authorization": f"Bearer {tokens[idx % len(tokens)]}"} if tokens else {}
+    if cfg["transport"] == "sse":
+        target: Any = Client(sse_client(url + "/sse", headers=headers))
+    else:
+        import httpx2
+        from mcp.client.streamable_http import streamable_http_client
+
+        http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300))
+        target = Client(streamable_http_client(url + "/mcp", http_client=http))
     try:
         async with target as c:
             await c.list_tools()
@@ -70,11 +80,12 @@ async def client_loop(cfg: dict[str, Any], idx: int, ready: asyncio.Event, go: a
                 if cfg["noop"]:
                     name, args = "noop", {"text": make_memory(rng)["content"]}
                 elif rng.random() < cfg["search_share"]:
-                    name, args = "search_memory", {"query": next_query(rng), "limit": 10}
+                    name, args = "search_memory", {"query": next_query(rng), "limit": 10, "workspace": WORKSPACE}
                 else:
                     n += 1
                     args = make_memory(rng)
                     args["content"] += f" (client {cfg['worker']}.{idx} call {n})"
+                    args["workspace"] = WORKSPACE
                     name = "store_memory"
                 t0 = time.perf_counter()
                 try:
@@ -171,7 +182,8 @@ def run_load(a: argparse.Namespace, url: str, transport: str, clients: int, thin
     try:
         for w in range(a.workers):
             share = clients // a.workers + (1 if w < clients % a.workers else 0)
-            cfg = {"url": url, "transport": transport, "clients": share, "think": think, "worker": w,
+            first = sum(clients // a.workers + (1 if v < clients % a.workers else 0) for v in range(w))
+            cfg = {"tokens": [] if noop else a.tokens[first:first + share],"url": url, "transport": transport, "clients": share, "think": think, "worker": w,
                    "seed": a.seed * 1000 + w + int(time.time()), "search_share": a.search_share,
                    "call_timeout": a.call_timeout, "noop": noop, "distinct": a.distinct_queries,
                    "query_seed": a.seed}
@@ -243,14 +255,23 @@ async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> float:
     from server.service import content_hash
     from server.storage.postgres import PostgresStore
 
+    from server.accounts import Accounts
+    from server.storage import open_accounts
+
     store = PostgresStore(url)
     await store.open()  # applies the migrations
-    await store.close()
+    try:
+        owner = await Accounts(open_accounts(store)).create_user("bench-owner")
+        workspace_id = (await Accounts(open_accounts(store)).create_workspace(WORKSPACE, "bench-owner")).workspace_id
+    finally:
+        await store.close()
     rng = random.Random(seed)
     t0 = time.perf_counter()
     seen: set[tuple[str, str]] = set()
     now = datetime.now(UTC)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        # The prefill is not news: the change feed's trigger is off while it is copied in.
+        await conn.execute("ALTER TABLE memories DISABLE TRIGGER memories_change")
         async with conn.cursor() as cur:
             async with cur.copy(f"COPY memories ({', '.join(COLUMNS)}) FROM STDIN") as copy:
                 while len(seen) < n:
@@ -262,11 +283,32 @@ async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> float:
                     at = now - timedelta(seconds=rng.uniform(0, 365 * 86400))
                     await copy.write_row((new_id(), m["content"], h, m["kind"], json.dumps(m["tags"]),
                                           m["project"], m["importance"], "{}", rng.choice(["alice", "bob", "ci"]),
-                                          at, at))
+                                          at, at, workspace_id, "team", owner.id, owner.id, ""))
+        await conn.execute("ALTER TABLE memories ENABLE TRIGGER memories_change")
         if vectors:
             await _prefill_vectors(conn, url, rng)
         await conn.execute("ANALYZE memories")
     return time.perf_counter() - t0
+
+
+async def client_tokens(url: str, n: int) -> list[str]:
+    """One user per client session, each a member of the bench workspace with a token of their own."""
+    from server.accounts import Accounts
+    from server.storage import open_accounts
+    from server.storage.postgres import PostgresStore
+
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        acc = Accounts(open_accounts(store))
+        tokens = []
+        for i in range(n):
+            await acc.create_user(f"client{i:03d}")
+            await acc.set_role(WORKSPACE, f"client{i:03d}", "member")
+            tokens.append((await acc.create_token(f"client{i:03d}", "bench")).token)
+        return tokens
+    finally:
+        await store.close()
 
 
 MODEL_NAME = "local/sentence-transformers/all-MiniLM-L6-v2"
@@ -305,9 +347,15 @@ async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tup
 
     sql = migrations.queries("postgres")["search_keyword"]
     rng = random.Random(seed)
+    import psycopg
+
+    with psycopg.connect(url) as conn:  # the bench workspace and its owner: whose search this is
+        (workspace_id,) = conn.execute("SELECT id FROM workspaces WHERE name = %s", (WORKSPACE,)).fetchone()  # type: ignore[misc]
+        (user_id,) = conn.execute("SELECT id FROM users WHERE name = 'bench-owner'").fetchone()  # type: ignore[misc]
 
     def search_params() -> dict[str, Any]:
-        return {"project": None, "kinds": None, "tags": None, "since": None, "until": None,
+        return {"workspaces": [workspace_id], "user_id": user_id,
+                "project": None, "kinds": None, "tags": None, "since": None, "until": None,
                 "now": datetime.now(UTC), "limit": 10, "q": " or ".join(search_terms(make_query(rng))),
                 "pool": KEYWORD_POOL}
 
@@ -380,6 +428,7 @@ def run(a: argparse.Namespace) -> None:
             pg_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         db = with_db(admin, name)
         secs = asyncio.run(prefill(db, a.n, a.seed, vectors=bool(a.model_path)))
+        a.tokens = asyncio.run(client_tokens(db, max(a.clients, a.sat_clients)))
         print(f"machine: nproc={os.cpu_count()}, {platform.machine()} {platform.system()}, python "
               f"{platform.python_version()}, PostgreSQL {pg_version}; N = {a.n:,} memories (COPY prefill + "
               f"ANALYZE {secs:.1f} s); pool max {a.pool_max}; load from {a.workers} worker processes; mix "
