@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
     from server.embeddings.base import Embedder
+    from server.jobs import JobQueue
+    from server.linear_sync import LinearSync
     from server.storage.base import Storage
+    from server.tasks import TaskService
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ INSTRUCTIONS = (
 _CONFIGURED = object()
 WARM_UP_DELAY = 1.0  # seconds after start-up before the embedding model loads
 LISTEN_WAIT = 5.0  # seconds start-up waits for the change feed's LISTEN connection
+LINEAR_LEASE = 900.0  # seconds a Linear sync job is leased (a longer sync is locked, never run twice)
+LINEAR_POLL = 2.0  # seconds between looks for queued Linear syncs (this process's own requests wake it)
 
 
 class Runtime:
@@ -62,6 +67,8 @@ class Runtime:
         self._service: MemoryService | None = None
         self._stack: AsyncExitStack | None = None
         self.worker: Worker | None = None
+        self.tasks: TaskService | None = None
+        self.linear: LinearSync | None = None  # the Linear sync engine (jobs, schedule, webhooks)
         self._users = 0
         self._lock = anyio.Lock()
 
@@ -117,7 +124,29 @@ class Runtime:
             stack.callback(tg.cancel_scope.cancel)
             tg.start_soon(self.worker.run)
             tg.start_soon(_prepare, service)
+        await self._open_tasks(stack, service, queue)
         return service
+
+    async def _open_tasks(self, stack: AsyncExitStack, service: MemoryService, queue: JobQueue) -> None:
+        """Tasks and the Linear sync. Its worker (one sync at a time, long leases) and schedule run wherever
+        background work runs, whether or not semantic search is on."""
+        from server.linear_sync import JOB, LinearSync
+        from server.storage import open_tasks
+        from server.tasks import TaskService, attach
+
+        store = open_tasks(service.storage)
+        self.tasks = TaskService(store, service.accounts, service.storage, self.settings.max_content_bytes)
+        self.linear = LinearSync(store, self.tasks, queue, url=self.settings.linear_url,
+                                 interval=self.settings.linear_interval)
+        self.tasks.syncer = self.linear
+        attach(service, self.tasks)
+        if self._run_worker:
+            worker = Worker(queue, {JOB: self.linear.handle}, batch=1, lease=LINEAR_LEASE, poll=LINEAR_POLL)
+            self.linear.on_enqueue = worker.notify
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            tg.start_soon(worker.run)
+            tg.start_soon(self.linear.schedule)
 
 
     async def _follow_changes(self, stack: AsyncExitStack, service: MemoryService) -> None:

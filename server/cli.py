@@ -29,10 +29,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 ("transport", "host", "port", "project", "log_level")})
         logging.basicConfig(stream=sys.stderr, level=settings.log_level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # aiosqlite logs every statement's parameters at DEBUG: memories, token hashes, Linear API keys.
+        logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
         if args.command == "serve":
             return _serve(settings)
         if args.command in ADMIN_GROUPS:
             return asyncio.run(_administer(settings, args))
+        if args.command == "linear":
+            return asyncio.run(_linear(settings, args))
+        if args.command in TRANSFER_COMMANDS:
+            return asyncio.run(_transfer(settings, args))
         if args.command in ("reindex", "worker"):
             return asyncio.run(_reindex(settings) if args.command == "reindex" else _worker(settings))
         return asyncio.run(_run(settings, args))
@@ -109,15 +115,15 @@ def _progress(done: int, total: int) -> None:
 
 
 async def _worker(settings: Settings) -> int:
-    """Run only the background job worker (embeddings) until interrupted; several may run at once."""
+    """Run only the background job workers (embeddings, Linear syncs) until interrupted; several may run at
+    once."""
     import anyio
 
     from server.app import Runtime
 
     async with Runtime(settings).session() as svc:
         if svc.semantic is None:
-            print(f"stackmemory: nothing to work on: {svc.semantic_off}", file=sys.stderr)
-            return 1
+            print(f"stackmemory: not embedding ({svc.semantic_off}); running Linear syncs only", file=sys.stderr)
         await anyio.sleep_forever()
     return 0
 
@@ -203,6 +209,76 @@ async def _administer(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(_human_admin(f"{args.command} {args.action}", args, result))
     return 0
+
+
+# ---- Linear (the operator's commands) -------------------------------------------------------------------
+
+async def _linear(settings: Settings, args: argparse.Namespace) -> int:
+    """connect, sync (now, in this process, under the same per-workspace lock as the servers) and status."""
+    from server.app import Runtime
+
+    runtime = Runtime(settings, worker=False)
+    async with runtime.session() as svc:
+        engine = runtime.linear
+        assert engine is not None
+        named = [await _workspace(svc, args.workspace)] if args.workspace or args.action == "connect" else [
+            (c.workspace_id, (await _workspace(svc, c.workspace_id))[1]) for c in await engine.store.connections()]
+        if args.action == "connect":
+            (ws_id, name), acting = named[0], await _acting_user(svc, named[0][0])
+            key = args.api_key or settings.secret(args.api_key_env or "LINEAR_API_KEY")
+            if args.api_key_env and not key:
+                raise ConfigError(f"{args.api_key_env} is empty or unset; export the Linear API key in it")
+            secret = args.webhook_secret or (settings.secret(args.webhook_secret_env) if args.webhook_secret_env
+                                             else None)
+            await engine.connect(ws_id, acting, key, args.team, webhook_secret=secret, policy=args.policy)
+            results: list[Any] = [await engine.status(ws_id, name)]
+        elif args.action == "sync":
+            results = [(await engine.run(ws_id)).model_copy(update={"workspace": name}) for ws_id, name in named]
+        else:
+            results = [await engine.status(ws_id, name) for ws_id, name in named]
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in results], indent=2, ensure_ascii=False))
+    else:
+        print(_human_linear(args, results, settings))
+    return 1 if any(getattr(r, "state", "") == "failed" for r in results) else 0
+
+
+async def _workspace(svc: Any, name_or_id: str | None) -> tuple[str, str]:
+    from server.accounts import LOCAL_WORKSPACE_ID, Accounts
+
+    found = await Accounts(svc.accounts).workspace(name_or_id or LOCAL_WORKSPACE_ID)
+    return found[0], found[1]
+
+
+async def _acting_user(svc: Any, workspace_id: str) -> str:
+    """Who changes from Linear are recorded as made by: the personal workspace's user, else its first owner."""
+    _, _, personal_of = await svc.accounts.find_workspace(workspace_id)
+    if personal_of:
+        return str(personal_of)
+    return str(next(m.user_id for m in await svc.accounts.members(workspace_id) if m.role == "owner"))
+
+
+def _human_linear(args: argparse.Namespace, results: list[Any], settings: Settings) -> str:
+    if not results:
+        return "no workspace is connected to Linear; `stackmemory linear connect --team KEY` connects one"
+    if args.action == "sync":
+        return _grid(["workspace", "state", "pulled", "new here", "updated here", "new in Linear",
+                      "updated in Linear", "conflicts", "error"],
+                     [[r.workspace, r.state, str(r.pulled), str(r.created_locally), str(r.updated_locally),
+                       str(r.created_in_linear), str(r.updated_in_linear), str(r.conflicts),
+                       r.error or "; ".join(r.errors)] for r in results])
+    rows = [[r.workspace, f"{r.team} ({r.team_name})", r.policy, "yes" if r.webhook else "no", _when(r.last_sync),
+             r.last_result.state if r.last_result else "-", str(r.tasks["total"]), str(r.tasks["linked"]),
+             str(r.tasks["pending"]), str(r.tasks["conflicts"]), (r.last_result.error or "") if r.last_result else ""]
+            for r in results]
+    text = _grid(["workspace", "team", "policy", "webhook", "last sync", "result", "tasks", "linked", "to push",
+                  "conflicts", "error"], rows)
+    if args.action == "connect":
+        text += ("\n\nconnected. The servers' workers sync it every STACKMEMORY_LINEAR_INTERVAL seconds; "
+                 "`stackmemory linear sync` syncs now. Linear webhooks: POST "
+                 f"{settings.base_url}/webhooks/linear" + ("" if results[0].webhook else
+                                                          " (needs --webhook-secret; refused without one)"))
+    return text
 
 
 def _split(tags: str | None) -> list[str] | None:
@@ -350,11 +426,34 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common, out], help="backend, database, schema version and counts")
     sub.add_parser("reindex", parents=[common],
                    help="embed every memory with the configured model (after changing models); resumable")
-    sub.add_parser("worker", parents=[common], help="run only the background embedding worker")
+    sub.add_parser("worker", parents=[common], help="run only the background workers (embeddings, Linear syncs)")
     db = sub.add_parser("db", parents=[common, out], help="database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply pending migrations")
     _account_parsers(sub, [common, out])
+    _linear_parsers(sub, [common, out])
+    _transfer_parsers(sub, common, out)
     return p
+
+
+def _linear_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    actions = sub.add_parser("linear", help="keep a workspace's tasks in step with a Linear team").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    where = "workspace name or id (default: your local personal workspace)"
+    c = actions.add_parser("connect", parents=parents, help="connect a workspace to a Linear team",
+                           description=f"connect a workspace to a Linear team; {ADMIN_NOTE}.")
+    c.add_argument("--workspace", help=where)
+    c.add_argument("--team", required=True, help="the Linear team's key (e.g. ENG) or id")
+    c.add_argument("--api-key-env", metavar="VAR", help="name of the environment variable holding the Linear "
+                   "API key or OAuth token [default env LINEAR_API_KEY]")
+    c.add_argument("--api-key", help="the key itself (visible in your shell history: prefer --api-key-env)")
+    c.add_argument("--webhook-secret", help="the Linear webhook's signing secret (enables /webhooks/linear)")
+    c.add_argument("--webhook-secret-env", metavar="VAR", help="name of a variable holding the signing secret")
+    c.add_argument("--policy", choices=["newest", "linear", "local"], default="newest",
+                   help="who wins when both sides changed a field: newest (default), linear or local")
+    actions.add_parser("sync", parents=parents, help="sync now (every connected workspace, or --workspace)"
+                       ).add_argument("--workspace", help=where)
+    actions.add_parser("status", parents=parents, help="connections, last sync and task counts (never keys)"
+                       ).add_argument("--workspace", help=where)
 
 
 def _account_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -401,3 +500,63 @@ def _account_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="expire after this many days (default: never)")
     leaf(tokens, "list", "list tokens (never their secrets)").add_argument("--user", help="only this user's")
     leaf(tokens, "revoke", "revoke a token now").add_argument("token_id", help="the id shown by token list")
+
+
+# ---- moving data: migrate, export, import, backup, restore (server/transfer.py, server/backup.py) ---------
+
+TRANSFER_COMMANDS = ("migrate", "export", "import", "backup", "restore")
+
+
+async def _transfer(settings: Settings, args: argparse.Namespace) -> int:
+    from server.transfer import command
+
+    if getattr(args, "batch", 1) < 1:
+        raise ConfigError("--batch must be 1 or more")
+    report = await command(settings, args, _progress, sys.stdout)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)  # ends the progress bar's line
+    to_stdout = not (args.command == "export" and args.out in (None, "-"))  # stdout then holds the export
+    text = json.dumps(report.as_json(), indent=2, ensure_ascii=False) if args.json else report.text()
+    print(text, file=sys.stdout if to_stdout else sys.stderr)
+    return report.exit_code
+
+
+def _transfer_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.ArgumentParser) -> None:
+    logs = argparse.ArgumentParser(add_help=False)
+    logs.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR [env STACKMEMORY_LOG_LEVEL]")
+    batch = argparse.ArgumentParser(add_help=False)
+    batch.add_argument("--batch", type=int, default=1000, help="records per transaction (default 1000)")
+    mapping = argparse.ArgumentParser(add_help=False)
+    mapping.add_argument("--user", help="the target user who becomes the owner of the local user's memories "
+                         "(create them first with `stackmemory user create`); their personal workspace receives them")
+    mapping.add_argument("--into", metavar="WORKSPACE", help="the target workspace the moved memories go into "
+                         "(default: --user's personal workspace, else where they were)")
+    mapping.add_argument("--dry-run", action="store_true", help="report what would be written; write nothing")
+    mapping.add_argument("--reembed", action="store_true", help="when the target embeds with another model, "
+                         "move everything but the vectors; the target's worker re-embeds the memories")
+    m = sub.add_parser("migrate", parents=[logs, as_json, mapping, batch], help="copy one database into another "
+                       f"(local SQLite into hosted PostgreSQL...), then verify; {ADMIN_NOTE}")
+    m.set_defaults(db=None)
+    m.add_argument("--from", dest="from_db", required=True, metavar="DB", help="source: SQLite file or postgresql:// URL")
+    m.add_argument("--to", dest="to_db", required=True, metavar="DB", help="target: SQLite file or postgresql:// URL")
+    m.add_argument("--workspace", help="move only this source workspace (name or id)")
+    e = sub.add_parser("export", parents=[common, as_json, batch], help="write the database, or one workspace, "
+                       "to a JSON Lines file (see README: Moving data)")
+    e.add_argument("--workspace", help="only this workspace (name or id)")
+    e.add_argument("--out", metavar="FILE", help="where to write (default: standard output)")
+    i = sub.add_parser("import", parents=[common, as_json, mapping, batch], help="import an export file, or the MCP "
+                       "memory server's memory.jsonl, then verify")
+    i.add_argument("file", help="the file ('-' reads standard input)")
+    i.add_argument("--on-conflict", choices=["skip", "overwrite", "newest"], default="skip", help="when a record "
+                   "is already there and differs: keep the target's (skip, default), take the file's (overwrite), "
+                   "or keep whichever changed last (newest)")
+    i.add_argument("--project", help="project for memories made from memory.jsonl [env STACKMEMORY_PROJECT]")
+    b = sub.add_parser("backup", parents=[common, as_json], help="a consistent copy of the database: SQLite's "
+                       "backup API, or pg_dump (else the logical export) for PostgreSQL")
+    b.add_argument("out", metavar="OUT", help="the backup file to write")
+    b.add_argument("--method", choices=["auto", "pg_dump", "logical"], default="auto",
+                   help="PostgreSQL: pg_dump if a new enough one is installed, else logical (default auto)")
+    b.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    r = sub.add_parser("restore", parents=[common, as_json], help="restore a backup into the database, then verify")
+    r.add_argument("file", metavar="IN", help="a backup made by `stackmemory backup` (or an export)")
+    r.add_argument("--force", action="store_true", help="restore even though the database is not empty")

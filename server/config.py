@@ -14,6 +14,7 @@ from server.errors import ConfigError
 
 Backend = Literal["sqlite", "postgres"]
 DEFAULT_DB = Path("~/.stackmemory/stackmemory.db")
+DEFAULT_LINEAR_URL = "https://api.linear.app/graphql"
 
 # Every environment variable StackMemory reads, with what it does; the CLI prints these in --help.
 ENV_VARS: dict[str, str] = {
@@ -38,6 +39,12 @@ ENV_VARS: dict[str, str] = {
     "STACKMEMORY_POOL_MAX": "PostgreSQL pool maximum connections (default 20)",
     "STACKMEMORY_POOL_TIMEOUT": "seconds a call waits for a pooled connection (default 10)",
     "STACKMEMORY_AUTO_MIGRATE": "apply database migrations on start (default on; 0 to turn off)",
+    "STACKMEMORY_REDACT": "on (default): credentials in memory content and metadata (API keys, tokens, private "
+                          "keys, passwords) are replaced by [REDACTED:<kind>] before storing; off keeps them",
+    "STACKMEMORY_MAX_REQUEST_BYTES": "sse/http: largest request body accepted, in bytes (default 1048576; "
+                                     "must exceed STACKMEMORY_MAX_CONTENT_BYTES)",
+    "STACKMEMORY_RATE_LIMIT": "sse/http: requests per second per token (per client address without tokens), "
+                              "with bursts of twice that (default 50; 0 turns the limit off)",
     "STACKMEMORY_LOG_LEVEL": "DEBUG, INFO, WARNING (default) or ERROR; logs go to stderr",
     "STACKMEMORY_EMBEDDINGS": "local (default), openai or none: who turns text into vectors",
     "STACKMEMORY_EMBEDDING_MODEL": "model name (local default sentence-transformers/all-MiniLM-L6-v2; "
@@ -49,6 +56,10 @@ ENV_VARS: dict[str, str] = {
                                 "can load it, else in-process), sqlite-vec or memory",
     "OPENAI_API_KEY": "key for STACKMEMORY_EMBEDDINGS=openai",
     "OPENAI_BASE_URL": "OpenAI-compatible endpoint (Ollama, vLLM, ...) for STACKMEMORY_EMBEDDINGS=openai",
+    "STACKMEMORY_LINEAR_URL": "Linear's GraphQL endpoint (default https://api.linear.app/graphql)",
+    "STACKMEMORY_LINEAR_INTERVAL": "seconds between scheduled Linear syncs of each connected workspace "
+                                   "(default 300; 0: only on demand and by webhook)",
+    "LINEAR_API_KEY": "the Linear API key `stackmemory linear connect` stores when given no --api-key(-env)",
 }
 
 
@@ -81,6 +92,11 @@ class Settings:
     vector_index: Literal["auto", "sqlite-vec", "memory"] = "auto"
     openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str | None = None
+    linear_url: str = DEFAULT_LINEAR_URL
+    linear_interval: float = 300.0
+    redact: bool = True
+    max_request_bytes: int = 1048576
+    rate_limit: float = 50.0
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -90,6 +106,10 @@ class Settings:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
+
+    def secret(self, var: str) -> str | None:
+        """A secret named at run time (`linear connect --api-key-env VAR`), from the environment read at start."""
+        return self.env.get(var) or None
 
     @property
     def redacted_db(self) -> str:
@@ -105,7 +125,7 @@ class Settings:
             value = flags.get(flag)
             return str(value) if value not in (None, "") else env.get(var) or default
 
-        return cls(
+        settings = cls(
             backend=backend,
             db=db,
             reason=reason,
@@ -136,8 +156,20 @@ class Settings:
                                  ("auto", "sqlite-vec", "memory")),  # type: ignore[arg-type]
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
+            linear_url=env.get("STACKMEMORY_LINEAR_URL") or DEFAULT_LINEAR_URL,
+            linear_interval=float(_int(env.get("STACKMEMORY_LINEAR_INTERVAL", "300"),
+                                       "STACKMEMORY_LINEAR_INTERVAL", 0)),
+            redact=_switch(env.get("STACKMEMORY_REDACT", "on"), "STACKMEMORY_REDACT"),
+            max_request_bytes=_int(env.get("STACKMEMORY_MAX_REQUEST_BYTES", "1048576"),
+                                   "STACKMEMORY_MAX_REQUEST_BYTES", 1024),
+            rate_limit=float(_int(env.get("STACKMEMORY_RATE_LIMIT", "50"), "STACKMEMORY_RATE_LIMIT", 0)),
             env=env,
         )
+        if settings.transport != "stdio" and settings.max_request_bytes <= settings.max_content_bytes:
+            raise ConfigError(f"STACKMEMORY_MAX_REQUEST_BYTES={settings.max_request_bytes} must be larger than "
+                              f"STACKMEMORY_MAX_CONTENT_BYTES={settings.max_content_bytes} (a request carries the "
+                              "content, JSON-escaped, plus its other arguments); raise it")
+        return settings
 
 
 def _choose_backend(flag_db: object, env: Mapping[str, str]) -> tuple[Backend, str, str]:
@@ -198,6 +230,15 @@ def _int(raw: str, name: str, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{name}={value} is too small; set it to an integer >= {minimum}")
     return value
+
+
+def _switch(raw: str, name: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("on", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not on or off")
 
 
 def _choice(raw: str, name: str, allowed: tuple[str, ...]) -> str:

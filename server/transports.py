@@ -106,8 +106,11 @@ def auth_settings(runtime: Runtime, transport: str) -> AuthSettings:
 def build_http_app(runtime: Runtime, transport: str) -> Starlette:
     """A Starlette app serving MCP over `transport` ('http' or 'sse') plus /healthz and /readyz."""
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.responses import JSONResponse
     from starlette.routing import Mount
+
+    from server.http_guard import Guard
 
     tokens = runtime.settings.auth == "tokens"
     server = build_server(runtime, auth=auth_settings(runtime, transport) if tokens else None,
@@ -130,10 +133,25 @@ def build_http_app(runtime: Runtime, transport: str) -> Starlette:
                                  "fix": "run `stackmemory db upgrade`"}, status_code=503)
         return JSONResponse({"status": "ready", "backend": storage.backend, "schema_version": version})
 
+    @server.custom_route("/webhooks/linear", methods=["POST"])  # type: ignore[untyped-decorator]
+    async def linear_webhook(request: Request) -> Response:
+        """Not behind the bearer tokens: Linear signs its deliveries (HMAC-SHA256 of the raw body)."""
+        if runtime.linear is None:
+            return JSONResponse({"error": "starting; retry"}, status_code=503)
+        try:
+            status, answer = await runtime.linear.webhook(await request.body(), request.headers)
+        except StackMemoryError as exc:
+            log.warning("Linear webhook not applied: %s", exc)
+            return JSONResponse({"error": "could not apply the event now; Linear retries"}, status_code=503)
+        return JSONResponse(answer, status_code=status)
+
+    limit = runtime.settings.max_request_bytes
     if transport == "sse":
-        inner = server.sse_app(transport_security=security(runtime), host=runtime.settings.host)
+        inner = server.sse_app(transport_security=security(runtime), host=runtime.settings.host,
+                               max_request_body_size=limit)
     else:
-        inner = server.streamable_http_app(transport_security=security(runtime), host=runtime.settings.host)
+        inner = server.streamable_http_app(transport_security=security(runtime), host=runtime.settings.host,
+                                           max_request_body_size=limit)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -142,7 +160,8 @@ def build_http_app(runtime: Runtime, transport: str) -> Starlette:
             svc.require_caller = tokens
             yield
 
-    return Starlette(routes=[Mount("/", app=inner)], lifespan=lifespan)
+    guard = Middleware(Guard, max_body=limit, rate=runtime.settings.rate_limit)
+    return Starlette(routes=[Mount("/", app=inner)], lifespan=lifespan, middleware=[guard])
 
 
 def serve_http(runtime: Runtime) -> int:

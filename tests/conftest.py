@@ -136,8 +136,9 @@ async def client(runtime: Any) -> AsyncIterator[Any]:
 def server_env(db: str, **extra: str) -> dict[str, str]:
     """Environment for a `stackmemory serve` subprocess."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKMEMORY_", "DATABASE_URL"))}
+    # No rate limit unless a test sets one: tests drive one token far faster than any assistant does.
     env.update({"STACKMEMORY_DB": db, "STACKMEMORY_PROJECT": "demo", "STACKMEMORY_USER": "tester",
-                "STACKMEMORY_EMBEDDINGS": "none", "PYTHONPATH": str(ROOT)}, **extra)
+                "STACKMEMORY_EMBEDDINGS": "none", "STACKMEMORY_RATE_LIMIT": "0", "PYTHONPATH": str(ROOT)}, **extra)
     return env
 
 

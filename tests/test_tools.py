@@ -10,7 +10,8 @@ pytestmark = pytest.mark.anyio
 
 TOOLS = {"store_memory", "get_memory", "update_memory", "delete_memory", "list_memories", "share_memory",
          "list_workspaces", "search_memory",
-         "get_context", "get_changes", "memory_status"}
+         "get_context", "get_changes", "create_task", "update_task", "list_tasks", "sync_linear",
+         "memory_status"}
 
 
 def data(result: Any) -> Any:

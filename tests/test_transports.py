@@ -106,7 +106,7 @@ def data(result: Any) -> Any:
 async def test_every_tool_works_over_the_network(served: Served) -> None:
     async with connect(served) as c:
         names = {t.name for t in (await c.list_tools()).tools}
-        assert "search_memory" in names and len(names) == 11
+        assert "search_memory" in names and len(names) == 15
         mid = data(await c.call_tool("store_memory", {"content": "Staging lives at staging.example.com",
                                                       "kind": "fact", "tags": ["env"]}))["id"]
         assert [r["id"] for r in data(await c.call_tool("search_memory", {"query": "staging"}))["results"]

@@ -66,13 +66,13 @@ class ToolSpec:
     annotations: ToolAnnotations
 
 
-def spec(title: str, *, read_only: bool, destructive: bool = False, idempotent: bool = False
-         ) -> Callable[[Callable[P, Awaitable[BaseModel]]], ToolSpec]:
+def spec(title: str, *, read_only: bool, destructive: bool = False, idempotent: bool = False,
+         open_world: bool = False) -> Callable[[Callable[P, Awaitable[BaseModel]]], ToolSpec]:
     """Describe a tool for registration by the composition root (server/app.py)."""
 
     def wrap(fn: Callable[P, Awaitable[BaseModel]]) -> ToolSpec:
         hints = ToolAnnotations(title=title, read_only_hint=read_only, destructive_hint=destructive,
-                                idempotent_hint=idempotent, open_world_hint=False)
+                                idempotent_hint=idempotent, open_world_hint=open_world)
         return ToolSpec(fn=translated(fn), title=title, annotations=hints)
 
     return wrap
@@ -80,9 +80,9 @@ def spec(title: str, *, read_only: bool, destructive: bool = False, idempotent: 
 
 def all_tools() -> list[ToolSpec]:
     """Every tool, in the order clients list them."""
-    from tools import admin, changes, memories, search
+    from tools import admin, changes, memories, search, tasks
 
-    return [*memories.TOOLS, *search.TOOLS, *changes.TOOLS, *admin.TOOLS]
+    return [*memories.TOOLS, *search.TOOLS, *changes.TOOLS, *tasks.TOOLS, *admin.TOOLS]
 
 
 def register_resources(server: Any) -> None:

@@ -16,6 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 
 from server.config import redact_url
 from server.errors import Conflict, NotFound, StackMemoryError, StorageUnavailable
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Q = migrations.queries("postgres")
+# psycopg_pool retries a lost connection after 1, 2, 4, 8 ... s, so after a long outage the pool could stay
+# empty for that long once PostgreSQL is back. Retrying every second (with jitter) instead bounds recovery
+# to about a second, for one failed connection attempt a second per missing connection while it is down.
+AttemptWithBackoff.DELAY_BACKOFF = 1.0
 # Any constant works, as long as every StackMemory process uses the same one ("STACKMEM" in ASCII).
 MIGRATION_LOCK_KEY = 0x535441434B4D454D
 KEYWORD_POOL = 1000  # ranked candidates per keyword search; see queries.sql
@@ -321,8 +326,11 @@ class PostgresStore:
         async with self._connection() as conn:
             await conn.execute(Q["set_meta"], {"key": key, "value": value})
 
-    async def prepare_vectors(self, model: str, dim: int) -> None:
-        """Keep only this model's vectors and make sure the HNSW index for its dimension exists."""
+    async def prepare_vectors(self, model: str, dim: int, *, build_memory_mb: int = 0) -> None:
+        """Keep only this model's vectors and make sure the HNSW index for its dimension exists.
+
+        build_memory_mb: room to build the index in (maintenance_work_mem), when many vectors are already
+        there (a bulk load): with the whole graph in memory the build is several times faster."""
         from psycopg import sql
 
         create = sql.SQL(Q["create_vector_index"]).format(
@@ -331,6 +339,8 @@ class PostgresStore:
             await conn.execute(Q["act_as_owner"])  # an index is the tables' owner's to build
             await conn.execute(Q["lock_migrations_xact"], {"key": MIGRATION_LOCK_KEY})
             await conn.execute(Q["delete_other_vectors"], {"model": model})
+            if build_memory_mb > 0:
+                await conn.execute(Q["index_build_memory"], {"memory": f"{int(build_memory_mb)}MB"})
             await conn.execute(create)
 
     async def put_vectors(self, model: str, items: list[tuple[str, list[float]]]) -> None:

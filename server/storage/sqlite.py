@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -382,7 +383,11 @@ def _translated(path: Path) -> Iterator[None]:
         if "readonly" in text or "read-only" in text:
             raise StorageUnavailable(f"the database {path} is read-only; check its file permissions") from exc
         if "full" in text:
-            raise StorageUnavailable(f"the disk holding {path} is full; free space and retry") from exc
+            raise StorageUnavailable(f"the disk holding {path} is full; free space and retry (nothing was "
+                                     "written)") from exc
+        if "unable to open" in text and _read_only_disk(path):
+            raise StorageUnavailable(f"the database {path} is on a read-only file system; make it writable "
+                                     "(remount it, free the device) or set STACKMEMORY_DB to another path") from exc
         if "unable to open" in text:
             raise StorageUnavailable(f"cannot open the database {path}: check the folder exists and is "
                                      "writable, or set STACKMEMORY_DB to another path") from exc
@@ -390,6 +395,14 @@ def _translated(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise StorageUnavailable(f"cannot use the database at {path}: {exc.strerror or exc}; "
                                  "set STACKMEMORY_DB or --db to a writable path") from exc
+
+
+def _read_only_disk(path: Path) -> bool:
+    """Whether the database's folder is on a file system mounted read-only (so no permission helps)."""
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _json(value: object) -> str:

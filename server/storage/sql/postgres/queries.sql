@@ -209,6 +209,9 @@ DELETE FROM memory_vectors WHERE model <> %(model)s;
 -- {dim} and {name} are composed with psycopg.sql (a literal and an identifier), never from user input.
 CREATE INDEX IF NOT EXISTS {name} ON memory_vectors USING hnsw ((embedding::vector({dim})) vector_cosine_ops);
 
+-- name: index_build_memory
+SELECT set_config('maintenance_work_mem', %(memory)s, true);
+
 -- name: put_vector
 INSERT INTO memory_vectors (memory_id, model, embedding)
 SELECT id, %(model)s, %(embedding)s::vector FROM memories WHERE id = %(memory_id)s AND deleted_at IS NULL
