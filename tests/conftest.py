@@ -145,9 +145,9 @@ def server_env(db: str, **extra: str) -> dict[str, str]:
 PYTHON = sys.executable
 
 
-def issue_token(db: str, user: str = "tester") -> str:
-    """A real API token for `user` (created if missing) in the database at `db`, made in a thread of its
-    own so it works from sync fixtures and async tests alike."""
+def as_operator(db: str, work: Any) -> Any:
+    """Run `work(accounts)` against the database at `db` directly, in a thread with its own event loop, so
+    it works from sync fixtures and async tests alike, while servers and clients run."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
@@ -155,19 +155,27 @@ def issue_token(db: str, user: str = "tester") -> str:
     from server.config import Settings
     from server.storage import open_accounts, open_storage
 
-    async def make() -> str:
+    async def run() -> Any:
         storage = open_storage(Settings.load(env={"STACKMEMORY_EMBEDDINGS": "none"}, db=db))
         await storage.open()
         try:
-            accounts = Accounts(open_accounts(storage))
-            if await accounts.store.find_user(user) is None:
-                await accounts.create_user(user)
-            return (await accounts.create_token(user, "tests")).token
+            return await work(Accounts(open_accounts(storage)))
         finally:
             await storage.close()
 
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, make()).result()
+        return pool.submit(asyncio.run, run()).result()
+
+
+def issue_token(db: str, user: str = "tester") -> str:
+    """A real API token for `user` (created if missing) in the database at `db`."""
+
+    async def make(accounts: Any) -> str:
+        if await accounts.store.find_user(user) is None:
+            await accounts.create_user(user)
+        return str((await accounts.create_token(user, "tests")).token)
+
+    return str(as_operator(db, make))
 
 
 def mcp_client(base: str, transport: str, token: str | None) -> Any:

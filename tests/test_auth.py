@@ -6,16 +6,14 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from server.accounts import Accounts, hash_token
-from server.config import Settings
 from server.ids import new_id
-from server.storage import open_accounts, open_storage
+from tests.conftest import as_operator
 from tests.test_transports import Served
 
 pytestmark = pytest.mark.anyio
@@ -45,21 +43,6 @@ def fetch(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes
         return exc.code, dict(exc.headers), exc.read()
 
 
-def in_thread(db: str, work: Any) -> Any:
-    """Run `work(accounts)` against the database from a thread of its own (sync or async callers)."""
-
-    async def run() -> Any:
-        storage = open_storage(Settings.load(env={"STACKMEMORY_EMBEDDINGS": "none"}, db=db))
-        await storage.open()
-        try:
-            return await work(Accounts(open_accounts(storage)))
-        finally:
-            await storage.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, run()).result()
-
-
 @pytest.fixture(params=["http", "sse"])
 def served(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
     s = Served(str(tmp_path / "auth.db"), request.param, STACKMEMORY_LOG_LEVEL="DEBUG")
@@ -82,7 +65,7 @@ def bad_tokens(s: Served) -> dict[str, str | None]:
                                           datetime.now(UTC) - timedelta(days=1))
         return {"revoked": revoked.token, "expired": expired}
 
-    made = in_thread(s.db, make)
+    made = as_operator(s.db, make)
     return {"missing": None, "empty": "", "malformed": "not a token at all", "unknown": "smk_" + "A" * 43,
             "basic scheme": None, **made}
 
@@ -124,7 +107,7 @@ async def test_a_valid_token_gets_in_and_a_revoked_one_stops_working(served: Ser
             if token.revoked_at is None:
                 await accounts.revoke_token(token.id)
 
-    in_thread(served.db, revoke_all)
+    as_operator(served.db, revoke_all)
     await asyncio.sleep(11)  # a checked token is trusted for 10 s (TOKEN_FRESH) before it is looked up again
     path = "/sse" if served.transport == "sse" else "/mcp"
     if served.transport == "http":

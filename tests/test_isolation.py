@@ -13,13 +13,11 @@ database, as the operator's CLI does.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +27,7 @@ import anyio
 import pytest
 
 from server.accounts import Accounts, Caller
+from tests.conftest import as_operator
 from tests.test_transports import Served
 
 pytestmark = pytest.mark.anyio
@@ -192,26 +191,8 @@ def backend(db: str) -> str:
 
 # ---- the database, as the operator --------------------------------------------------------------------
 
-def as_operator(db: str, work: Callable[[Accounts], Awaitable[T]]) -> T:
-    """Run account administration against the database directly, in a thread with its own event loop
-    (like tests/conftest.py issue_token), so it works while a server and clients are running."""
-    from server.config import Settings
-    from server.storage import open_accounts, open_storage
-
-    async def run() -> T:
-        storage = open_storage(Settings.load(env={"STACKMEMORY_EMBEDDINGS": "none"}, db=db))
-        await storage.open()
-        try:
-            return await work(Accounts(open_accounts(storage)))
-        finally:
-            await storage.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, run()).result()
-
-
 async def operator(db: str, work: Callable[[Accounts], Awaitable[T]]) -> T:
-    return await anyio.to_thread.run_sync(as_operator, db, work)
+    return await anyio.to_thread.run_sync(as_operator, db, work)  # type: ignore[no-any-return]
 
 
 # ---- the world the matrix runs in ----------------------------------------------------------------------
