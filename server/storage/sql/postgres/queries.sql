@@ -152,13 +152,14 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
 -- Only the %(pool)s most recent matches are ranked: an OR of common words can match a large share of the
 -- table, and reading and ranking every match is what made this query slow (31 ms vs 3 ms at 100k rows).
 -- The planner walks the id index newest-first for common words and uses the GIN index for rare ones.
+-- visible_memories, not memories: under row-level security the GIN index cannot serve @@ (migration 0009).
 -- tags and metadata come back as text: most candidates are never shown, so they are parsed only when needed.
 SELECT m.id, m.content, m.content_hash, m.kind, m.tags::text AS tags, m.project, m.importance,
        m.metadata::text AS metadata, m.author,
        m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at, m.workspace_id, m.visibility,
        m.created_by, m.updated_by,
        ts_rank(m.search, q.query) AS score
-  FROM (SELECT * FROM memories
+  FROM (SELECT * FROM visible_memories
          WHERE search @@ websearch_to_tsquery('english', %(q)s)
            AND deleted_at IS NULL
            AND (%(project)s::text IS NULL OR project = %(project)s::text)
@@ -209,6 +210,9 @@ DELETE FROM memory_vectors WHERE model <> %(model)s;
 -- {dim} and {name} are composed with psycopg.sql (a literal and an identifier), never from user input.
 CREATE INDEX IF NOT EXISTS {name} ON memory_vectors USING hnsw ((embedding::vector({dim})) vector_cosine_ops);
 
+-- name: analyze_bulk_loaded
+ANALYZE memories, memory_vectors;
+
 -- name: index_build_memory
 SELECT set_config('maintenance_work_mem', %(memory)s, true);
 
@@ -221,14 +225,18 @@ ON CONFLICT (memory_id) DO UPDATE SET model = excluded.model, embedding = exclud
 SELECT id, content FROM memories WHERE id = ANY (%(ids)s::text[]) AND deleted_at IS NULL;
 
 -- name: count_unembedded
+-- The vector is looked up per memory through memory_vectors' primary key, a plan that cannot go wrong:
+-- written as NOT EXISTS, a freshly bulk-loaded memory_vectors with no statistics yet made the planner pick a
+-- nested loop over a scan of the whole table (23 s at 20k memories, quadratic beyond).
 SELECT count(*) AS n FROM memories AS m
  WHERE m.deleted_at IS NULL
-   AND NOT EXISTS (SELECT 1 FROM memory_vectors AS v WHERE v.memory_id = m.id AND v.model = %(model)s);
+   AND (SELECT v.model FROM memory_vectors AS v WHERE v.memory_id = m.id) IS DISTINCT FROM %(model)s;
 
 -- name: unembedded_ids
+-- Walks the id index and probes memory_vectors' primary key per memory (see count_unembedded).
 SELECT m.id FROM memories AS m
  WHERE m.deleted_at IS NULL AND m.id > %(after)s
-   AND NOT EXISTS (SELECT 1 FROM memory_vectors AS v WHERE v.memory_id = m.id AND v.model = %(model)s)
+   AND (SELECT v.model FROM memory_vectors AS v WHERE v.memory_id = m.id) IS DISTINCT FROM %(model)s
  ORDER BY m.id LIMIT %(limit)s;
 
 -- name: search_vector

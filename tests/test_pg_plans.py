@@ -1,0 +1,82 @@
+"""PostgreSQL query plans that keep hosted search fast: checked on the plan, never on a stopwatch."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from server.accounts import LOCAL_USER_ID, LOCAL_WORKSPACE_ID
+from server.storage.postgres import PostgresStore, Q
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "test/model"
+ROWS = 3000
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(pg_url, min_size=1, max_size=2, timeout=5)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def bulk_load(url: str, *, vectors: bool, analyze: bool) -> None:
+    """ROWS memories of the local user (one in a hundred mentions 'zeppelin'), as a COPY-style bulk load would."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO memories (id, content, content_hash, kind, project, importance, author, created_at,"
+            " updated_at, workspace_id, visibility, created_by, updated_by, dedup_owner)"
+            " SELECT format('01900000-0000-7000-8000-%%s', lpad(i::text, 12, '0')),"
+            "        CASE WHEN i %% 100 = 0 THEN 'the zeppelin hangar ' ELSE 'deploy cache queue ' END || i,"
+            "        md5(i::text), 'note', 'plans', 5, 'bench', now(), now(), %(w)s, 'private', %(u)s, %(u)s, %(u)s"
+            "   FROM generate_series(1, %(n)s) AS i",
+            {"w": LOCAL_WORKSPACE_ID, "u": LOCAL_USER_ID, "n": ROWS})
+        if vectors:
+            conn.execute("INSERT INTO memory_vectors (memory_id, model, embedding)"
+                         " SELECT id, %(m)s, '[1,0,0]'::vector FROM memories", {"m": MODEL})
+        if analyze:
+            conn.execute("ANALYZE memories")
+
+
+def plan(url: str, name: str, params: dict[str, Any], *, as_app: bool) -> str:
+    """EXPLAIN of one named query, run as the application would: the app role, the local user as caller."""
+    with psycopg.connect(url) as conn:
+        if as_app:
+            conn.execute("SET LOCAL ROLE stackmemory_app")
+            conn.execute(Q["act_as_user"], {"user_id": LOCAL_USER_ID})
+        else:
+            conn.execute(Q["act_as_system"])
+        rows = conn.execute("EXPLAIN " + Q[name], params).fetchall()
+        conn.rollback()
+    return "\n".join(r[0] for r in rows)
+
+
+async def test_keyword_search_uses_the_full_text_index_under_row_level_security(
+        store: PostgresStore, pg_url: str) -> None:
+    bulk_load(pg_url, vectors=False, analyze=True)
+    params = {"q": "zeppelin", "pool": 100, "limit": 10, "project": None, "kinds": None, "tags": None,
+              "since": None, "until": None, "now": "2026-01-01T00:00:00Z", "workspaces": [LOCAL_WORKSPACE_ID],
+              "user_id": LOCAL_USER_ID}
+    shown = plan(pg_url, "search_keyword", params, as_app=True)
+    # On `memories` itself the policy runs before the non-leakproof @@, so the GIN index went unused and
+    # every search read the whole table; the view lets the planner take the index (migration 0009).
+    assert "memories_search" in shown, shown
+    assert "Seq Scan on memories" not in shown, shown
+
+
+async def test_finding_unembedded_memories_after_a_bulk_load_probes_each_vector_by_key(
+        store: PostgresStore, pg_url: str) -> None:
+    bulk_load(pg_url, vectors=True, analyze=False)  # no statistics on memory_vectors yet
+    shown = plan(pg_url, "unembedded_ids", {"after": "", "model": MODEL, "limit": 500}, as_app=False)
+    assert "memory_vectors_pkey" in shown, shown
+    assert "Seq Scan on memory_vectors" not in shown, shown
+    assert await store.unembedded(MODEL, "", 500) == []
+    assert await store.count_unembedded(MODEL) == 0
+    assert await store.count_unembedded("another/model") == ROWS
