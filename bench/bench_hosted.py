@@ -345,7 +345,8 @@ async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tup
 
     from server.storage.postgres import KEYWORD_POOL
 
-    sql = migrations.queries("postgres")["search_keyword"]
+    queries = migrations.queries("postgres")
+    sql = queries["search_keyword"]
     rng = random.Random(seed)
     import psycopg
 
@@ -359,18 +360,29 @@ async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tup
                 "now": datetime.now(UTC), "limit": 10, "q": " or ".join(search_terms(make_query(rng))),
                 "pool": KEYWORD_POOL}
 
+    async def as_caller(conn: Any) -> None:
+        """The search as the server runs it: one pipelined transaction, as the app role, for this caller."""
+        async with conn.pipeline(), conn.transaction():
+            await conn.execute("SET LOCAL ROLE stackmemory_app")
+            await conn.execute(queries["act_as_user"], {"user_id": user_id})
+            cur = await conn.execute(sql, search_params())
+        await cur.fetchall()
+
     out: list[tuple[str, list[float], float | None]] = []
     kwargs = {"autocommit": True, "row_factory": dict_row, "prepare_threshold": None}
     async with AsyncConnectionPool(url, min_size=conns, max_size=conns, kwargs=kwargs) as pool:
         await pool.wait()
         for label, query, make in (("PostgreSQL `SELECT 1` (psycopg_pool, sequential)", "SELECT 1", dict),
-                                   ("search SQL via psycopg (sequential)", sql, search_params)):
+                                   ("search SQL via psycopg, as the app role for one caller (sequential)", sql, search_params)):
             lat: list[float] = []
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 t0 = time.perf_counter()
                 async with pool.connection() as conn:
-                    await (await conn.execute(query, make())).fetchall()
+                    if query is sql:
+                        await as_caller(conn)
+                    else:
+                        await (await conn.execute(query, make())).fetchall()
                 lat.append(time.perf_counter() - t0)
             out.append((label, lat, len(lat) / seconds))
         lat = []
@@ -380,12 +392,12 @@ async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tup
             while time.monotonic() < end:
                 t0 = time.perf_counter()
                 async with pool.connection() as conn:
-                    await (await conn.execute(sql, search_params())).fetchall()
+                    await as_caller(conn)
                 lat.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(conns)))
-        out.append((f"search SQL via psycopg ({conns} concurrent connections)", lat, len(lat) / (time.perf_counter() - t0)))
+        out.append((f"search SQL via psycopg, as the app role ({conns} concurrent connections)", lat, len(lat) / (time.perf_counter() - t0)))
     return out
 
 

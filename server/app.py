@@ -139,6 +139,9 @@ class Runtime:
         self.linear = LinearSync(store, self.tasks, queue, url=self.settings.linear_url,
                                  interval=self.settings.linear_interval)
         self.tasks.syncer = self.linear
+        # Task changes reach the change log through triggers (migration 0010); this tells the SQLite
+        # poller to look now rather than at its next tick (PostgreSQL's NOTIFY needs no telling).
+        self.tasks.on_change = lambda *_: service.on_change()
         attach(service, self.tasks)
         if self._run_worker:
             worker = Worker(queue, {JOB: self.linear.handle}, batch=1, lease=LINEAR_LEASE, poll=LINEAR_POLL)

@@ -45,8 +45,8 @@ def changes_uri(workspace_id: str) -> str:
 class Change(BaseModel):
     cursor: int = Field(description="Position in the workspace's feed; pass the last one seen as since.")
     kind: ChangeKind
-    entity: str = Field(description="What changed: memory (tasks later).")
-    id: str = Field(description="The changed memory's id.")
+    entity: str = Field(description="What changed: memory or task.")
+    id: str = Field(description="The changed memory's or task's id.")
     actor: str = Field(description="Who made the change.")
     at: datetime
 

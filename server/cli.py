@@ -221,7 +221,8 @@ async def _linear(settings: Settings, args: argparse.Namespace) -> int:
     async with runtime.session() as svc:
         engine = runtime.linear
         assert engine is not None
-        named = [await _workspace(svc, args.workspace)] if args.workspace or args.action == "connect" else [
+        one = args.action in ("connect", "disconnect")
+        named = [await _workspace(svc, args.workspace)] if args.workspace or one else [
             (c.workspace_id, (await _workspace(svc, c.workspace_id))[1]) for c in await engine.store.connections()]
         if args.action == "connect":
             (ws_id, name), acting = named[0], await _acting_user(svc, named[0][0])
@@ -232,6 +233,8 @@ async def _linear(settings: Settings, args: argparse.Namespace) -> int:
                                              else None)
             await engine.connect(ws_id, acting, key, args.team, webhook_secret=secret, policy=args.policy)
             results: list[Any] = [await engine.status(ws_id, name)]
+        elif args.action == "disconnect":
+            results = [await engine.disconnect(ws_id, name) for ws_id, name in named[:1]]
         elif args.action == "sync":
             results = [(await engine.run(ws_id)).model_copy(update={"workspace": name}) for ws_id, name in named]
         else:
@@ -273,6 +276,9 @@ def _human_linear(args: argparse.Namespace, results: list[Any], settings: Settin
             for r in results]
     text = _grid(["workspace", "team", "policy", "webhook", "last sync", "result", "tasks", "linked", "to push",
                   "conflicts", "error"], rows)
+    if args.action == "disconnect":
+        text += ("\n\ndisconnected: the API key, webhook secret and sync cursor are gone; the tasks above stay, "
+                 "as local tasks. `stackmemory linear connect` reconnects (to the same team, the links still hold).")
     if args.action == "connect":
         text += ("\n\nconnected. The servers' workers sync it every STACKMEMORY_LINEAR_INTERVAL seconds; "
                  "`stackmemory linear sync` syncs now. Linear webhooks: POST "
@@ -450,6 +456,9 @@ def _linear_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     c.add_argument("--webhook-secret-env", metavar="VAR", help="name of a variable holding the signing secret")
     c.add_argument("--policy", choices=["newest", "linear", "local"], default="newest",
                    help="who wins when both sides changed a field: newest (default), linear or local")
+    actions.add_parser("disconnect", parents=parents, help="forget a workspace's Linear connection (its tasks "
+                       "stay, as local tasks)", description=f"disconnect a workspace from Linear; {ADMIN_NOTE}."
+                       ).add_argument("--workspace", help=where)
     actions.add_parser("sync", parents=parents, help="sync now (every connected workspace, or --workspace)"
                        ).add_argument("--workspace", help=where)
     actions.add_parser("status", parents=parents, help="connections, last sync and task counts (never keys)"

@@ -74,7 +74,9 @@ class JobQueue(Protocol):
         """Retry after delay (default: exponential backoff), or dead-letter when out of attempts."""
         ...
 
-    async def counts(self) -> JobCounts: ...
+    async def counts(self, kind: str | None = None) -> JobCounts:
+        """Pending, running and failed jobs, of one kind or (None) of all."""
+        ...
 
     async def retry_dead(self, kind: str | None = None) -> int:
         """Queue dead jobs again with fresh attempts; return how many."""

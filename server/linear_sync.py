@@ -147,6 +147,12 @@ class LinearSync:
             await self.queue.enqueue(JOB, {"workspace_id": workspace_id}, key=workspace_id)
         return conn
 
+    async def disconnect(self, workspace_id: str, workspace: str) -> LinearStatus:
+        """Forget the workspace's Linear connection (its key, secret and cursor); the tasks stay."""
+        status = await self.status(workspace_id, workspace)
+        await self.store.delete_connection(workspace_id)
+        return status
+
     async def status(self, workspace_id: str, workspace: str) -> LinearStatus:
         conn = await self.store.connection(workspace_id)
         if conn is None:

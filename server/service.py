@@ -337,7 +337,7 @@ class MemoryService:
         # for a note, and this process's own writes reset it at once.
         now = time.monotonic()
         if self._pending is None or self._pending[0] <= now:
-            self._pending = (now + PENDING_NOTE_TTL, (await self.jobs.counts()).pending)
+            self._pending = (now + PENDING_NOTE_TTL, (await self.jobs.counts("embed")).pending)
         pending = self._pending[1]
         if not pending:
             return None

@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from server.accounts import LOCAL_USER_ID, LOCAL_WORKSPACE_ID, Caller
-from server.errors import PermissionDenied
+from server.errors import InvalidInput, PermissionDenied
 from server.linear import LinearAuthError, LinearClient, signature_valid, timestamp_fresh
 from server.linear_merge import state_for, status_of
 from tests.conftest import PYTHON, issue_token, server_env, unavailable
@@ -287,6 +287,23 @@ async def test_a_sync_killed_mid_push_creates_nothing_twice_when_run_again(db_ta
 
 # ---- one sync per workspace ----------------------------------------------------------------------------------
 
+async def test_disconnecting_forgets_the_key_and_keeps_the_tasks(db_target: str, linear: StandIn,
+                                                                 settings_for: Any) -> None:
+    linear.add_issue("Kept after disconnect")
+    cli_ok(db_target, linear, "connect", "--team", "ENG", "--api-key-env", "LIN_KEY")
+    cli_ok(db_target, linear, "sync")
+    gone = cli_ok(db_target, linear, "disconnect")
+    assert [g["team"] for g in gone] == ["ENG"] and gone[0]["tasks"]["total"] == 1
+    assert cli_ok(db_target, linear, "status") == []
+    again = cli(db_target, linear, "disconnect")
+    _, err = again.communicate(timeout=120)
+    assert again.returncode != 0 and "not connected to Linear" in err
+    async with opened(db_target, linear, settings_for, connect=False) as rt:
+        assert [t.title for t in await all_tasks(rt)] == ["Kept after disconnect"]
+        with pytest.raises(InvalidInput, match="not connected to Linear"):
+            await rt.tasks.sync()
+
+
 async def test_one_workspace_is_synced_by_one_process_at_a_time(db_target: str, linear: StandIn,
                                                                settings_for: Any) -> None:
     import threading
@@ -412,6 +429,37 @@ async def test_every_task_change_reaches_the_change_hook(tmp_path: Any, linear: 
     assert {w for w, *_ in heard} == {WS}
 
 
+async def test_task_changes_are_in_the_change_feed_but_sync_bookkeeping_is_not(
+        db_target: str, linear: StandIn, settings_for: Any) -> None:
+    linear.add_issue("From Linear")
+    async with opened(db_target, linear, settings_for) as rt:
+        svc = rt.service
+        start = (await svc.changes(None, None, 1000)).next_cursor
+
+        async def tasks_since(cursor: int | None) -> list[tuple[str, str]]:
+            page = await svc.changes(None, cursor, 1000)
+            return [(c.kind, c.id) for c in page.changes if c.entity == "task"]
+
+        mine = await rt.tasks.create("Mine")
+        await rt.tasks.update(mine.id, status="in_progress")
+        await rt.linear.run(WS)  # pulls "From Linear" and pushes "Mine" (which gains its Linear link)
+        pulled = next(t for t in await all_tasks(rt) if t.title == "From Linear")
+        assert await tasks_since(start) == [("create", mine.id), ("update", mine.id), ("create", pulled.id),
+                                            ("update", mine.id)]
+        settled = (await svc.changes(None, None, 1000)).next_cursor
+        await rt.linear.run(WS)  # nothing changed on either side: only the sync's own bookkeeping runs
+        assert await tasks_since(settled) == []
+
+
+async def test_the_still_embedding_note_counts_embedding_jobs_only(db_target: str, linear: StandIn,
+                                                                  settings_for: Any) -> None:
+    async with opened(db_target, linear, settings_for) as rt:
+        await rt.service.jobs.enqueue("linear_sync", {"workspace_id": WS}, key=WS)
+        assert (await rt.service.jobs.counts()).pending >= 1
+        assert (await rt.service.jobs.counts("embed")).pending == 0
+        assert await rt.service._pending_note() is None
+
+
 # ---- webhooks over HTTP ----------------------------------------------------------------------------------
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -441,11 +489,23 @@ async def test_webhooks_are_applied_only_when_signed_fresh_and_new(db_target: st
             async with served.client() as c:
                 return str((await c.call_tool("list_tasks", {})).structured_content["tasks"][0]["title"])
 
+        async def task_changes(token: str | None = "") -> list[tuple[str, str]]:
+            async with served.client(token) as c:
+                page = (await c.call_tool("get_changes", {"workspace": "~tester"})).structured_content
+            return [(ch["kind"], ch["id"]) for ch in page["changes"] if ch["entity"] == "task"]
+
+        before = await task_changes()
         linear.edit(issue["id"], title="Deploy pipeline v2")
         valid = linear.webhook(issue)
         delivery = {"Linear-Delivery": str(uuid.uuid4()), "Linear-Event": "Issue"}
         assert post(hook, valid, {"Linear-Signature": sign(valid, SECRET), **delivery})[0] == 200
         assert await title() == "Deploy pipeline v2"
+        async with served.client() as c:
+            task_id = (await c.call_tool("list_tasks", {})).structured_content["tasks"][0]["id"]
+        assert await task_changes() == [*before, ("update", task_id)]  # the webhook's change is in the feed
+        async with served.client(issue_token(db_target, "outsider")) as c:
+            hidden = await c.call_tool("get_changes", {"workspace": "~tester"})
+        assert hidden.is_error and "Deploy" not in str(hidden.content)
 
         linear.edit(issue["id"], title="Forged title")
         forged = linear.webhook(issue)
@@ -455,6 +515,7 @@ async def test_webhooks_are_applied_only_when_signed_fresh_and_new(db_target: st
         stale = linear.webhook(issue, at=time.time() - 120)
         assert post(hook, stale, {"Linear-Signature": sign(stale, SECRET)})[0] == 401
         assert await title() == "Deploy pipeline v2"
+        assert await task_changes() == [*before, ("update", task_id)]  # rejected webhooks left no entry
 
         async with served.client() as c:
             task = (await c.call_tool("list_tasks", {})).structured_content["tasks"][0]

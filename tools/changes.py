@@ -27,7 +27,8 @@ async def get_changes(
         description="The next_cursor of your previous call; omit to start from the beginning.")] = None,
     limit: Annotated[int, Field(ge=1, le=1000, description="At most this many changes; default 100.")] = 100,
 ) -> ChangesPage:
-    """What changed in a workspace (memories created, updated, shared, deleted), oldest first, after a
+    """What changed in a workspace (memories created, updated, shared, deleted; tasks created and changed,
+    also by the Linear sync and its webhooks), oldest first, after a
     cursor. Call again with next_cursor to continue; nothing is skipped or repeated. Clients that support
     subscriptions can listen to the returned `uri` instead of polling."""
     return await svc.changes(workspace, since, limit, caller=who)

@@ -58,8 +58,8 @@ class PostgresJobs:
                 if attempt == FAIL_ATTEMPTS - 1:
                     raise
 
-    async def counts(self) -> JobCounts:
-        return JobCounts.from_rows(await self._run("counts", {}))
+    async def counts(self, kind: str | None = None) -> JobCounts:
+        return JobCounts.from_rows(await self._run("counts", {"kind": kind}))
 
     async def retry_dead(self, kind: str | None = None) -> int:
         async with self.store._transaction() as conn:

@@ -56,8 +56,8 @@ class SQLiteJobs:
         await self._run("fail", {"id": job.id, "error": clip_error(error), "now": ts(now),
                                  "run_after": ts(now + timedelta(seconds=wait))})
 
-    async def counts(self) -> JobCounts:
-        return JobCounts.from_rows(await self._run("counts", {}))
+    async def counts(self, kind: str | None = None) -> JobCounts:
+        return JobCounts.from_rows(await self._run("counts", {"kind": kind}))
 
     async def retry_dead(self, kind: str | None = None) -> int:
         params = {"kind": kind, "now": ts(datetime.now(UTC))}

@@ -110,6 +110,9 @@ class SQLiteTasks:
     async def connections(self) -> list[LinearConnection]:
         return [_connection(r) for r in await self._run("connections", {})]
 
+    async def delete_connection(self, workspace_id: str) -> bool:
+        return bool(await self._run("delete_connection", {"workspace_id": workspace_id}))
+
     async def due_connections(self, finished_before: datetime) -> list[str]:
         return [r["workspace_id"] for r in await self._run("due_connections", {"before": ts(finished_before)})]
 

@@ -105,6 +105,10 @@ ON CONFLICT (workspace_id) DO UPDATE
 -- name: connection
 SELECT * FROM linear_connections WHERE workspace_id = %(workspace_id)s;
 
+-- name: delete_connection
+-- The tasks stay, as local tasks that keep their Linear links.
+DELETE FROM linear_connections WHERE workspace_id = %(workspace_id)s RETURNING workspace_id;
+
 -- name: connections
 SELECT * FROM linear_connections ORDER BY workspace_id;
 

@@ -53,7 +53,9 @@ UPDATE jobs
 RETURNING status;
 
 -- name: counts
-SELECT status, count(*) AS n FROM jobs WHERE status IN ('queued', 'running', 'dead') GROUP BY status;
+SELECT status, count(*) AS n FROM jobs
+ WHERE status IN ('queued', 'running', 'dead') AND (:kind IS NULL OR kind = :kind)
+ GROUP BY status;
 
 -- name: retry_dead
 -- One job per key comes back (the newest), and none where a pending one already waits.
