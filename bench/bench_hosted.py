@@ -120,7 +120,7 @@ async def worker(cfg: dict[str, Any]) -> None:
     line = await asyncio.to_thread(sys.stdin.readline)
     cfg["deadline"] = float(line)
     go.set()
-    done, pending = await asyncio.wait(tasks, timeout=cfg["deadline"] - time.time() + cfg["call_timeout"] + 5)
+    _, pending = await asyncio.wait(tasks, timeout=cfg["deadline"] - time.time() + cfg["call_timeout"] + 5)
     for t in pending:
         t.cancel()
     print(json.dumps({"calls": calls, "errors": errors, "unfinished": len(pending)}), flush=True)
@@ -251,12 +251,11 @@ def with_db(url: str, name: str) -> str:
 async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> float:
     import psycopg
 
+    from server.accounts import Accounts
     from server.ids import new_id
     from server.service import content_hash
-    from server.storage.postgres import PostgresStore
-
-    from server.accounts import Accounts
     from server.storage import open_accounts
+    from server.storage.postgres import PostgresStore
 
     store = PostgresStore(url)
     await store.open()  # applies the migrations
@@ -272,18 +271,17 @@ async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> float:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         # The prefill is not news: the change feed's trigger is off while it is copied in.
         await conn.execute("ALTER TABLE memories DISABLE TRIGGER memories_change")
-        async with conn.cursor() as cur:
-            async with cur.copy(f"COPY memories ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                while len(seen) < n:
-                    m = make_memory(rng)
-                    h = content_hash(m["content"])
-                    if (m["project"], h) in seen:
-                        continue
-                    seen.add((m["project"], h))
-                    at = now - timedelta(seconds=rng.uniform(0, 365 * 86400))
-                    await copy.write_row((new_id(), m["content"], h, m["kind"], json.dumps(m["tags"]),
-                                          m["project"], m["importance"], "{}", rng.choice(["alice", "bob", "ci"]),
-                                          at, at, workspace_id, "team", owner.id, owner.id, ""))
+        async with conn.cursor() as cur, cur.copy(f"COPY memories ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            while len(seen) < n:
+                m = make_memory(rng)
+                h = content_hash(m["content"])
+                if (m["project"], h) in seen:
+                    continue
+                seen.add((m["project"], h))
+                at = now - timedelta(seconds=rng.uniform(0, 365 * 86400))
+                await copy.write_row((new_id(), m["content"], h, m["kind"], json.dumps(m["tags"]),
+                                      m["project"], m["importance"], "{}", rng.choice(["alice", "bob", "ci"]),
+                                      at, at, workspace_id, "team", owner.id, owner.id, ""))
         await conn.execute("ALTER TABLE memories ENABLE TRIGGER memories_change")
         if vectors:
             await _prefill_vectors(conn, url, rng)
@@ -321,12 +319,11 @@ async def _prefill_vectors(conn: Any, url: str, rng: random.Random) -> None:
     from server.storage.postgres import PostgresStore
 
     ids = [r[0] for r in await (await conn.execute("SELECT id FROM memories")).fetchall()]
-    async with conn.cursor() as cur:
-        async with cur.copy("COPY memory_vectors (memory_id, model, embedding) FROM STDIN") as copy:
-            for memory_id in ids:
-                v = [rng.gauss(0, 1) for _ in range(384)]
-                norm = sum(x * x for x in v) ** 0.5
-                await copy.write_row((memory_id, MODEL_NAME, "[" + ",".join(f"{x / norm:.6f}" for x in v) + "]"))
+    async with conn.cursor() as cur, cur.copy("COPY memory_vectors (memory_id, model, embedding) FROM STDIN") as copy:
+        for memory_id in ids:
+            v = [rng.gauss(0, 1) for _ in range(384)]
+            norm = sum(x * x for x in v) ** 0.5
+            await copy.write_row((memory_id, MODEL_NAME, "[" + ",".join(f"{x / norm:.6f}" for x in v) + "]"))
     store = PostgresStore(url)
     await store.open()
     try:
@@ -342,7 +339,6 @@ async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tup
 
     from server.service import search_terms
     from server.storage import migrations
-
     from server.storage.postgres import KEYWORD_POOL
 
     queries = migrations.queries("postgres")

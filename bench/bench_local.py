@@ -287,7 +287,7 @@ async def run(a: argparse.Namespace) -> None:
 
     search_limit = 3.0 if a.n <= 10_000 else 8.0
     rows = [
-        Row("cold start (spawn → first tools/list, median of %d)" % a.cold_runs, floor_cold, sm_cold, "s", 1.3),
+        Row(f"cold start (spawn → first tools/list, median of {a.cold_runs})", floor_cold, sm_cold, "s", 1.3),
         Row("store p50 (vs no-op round trip p50)", pct(noop_lat, 50), pct(store_lat, 50), "s", 2.0),
         Row("store p99 (vs no-op p99)", pct(noop_lat, 99), pct(store_lat, 99), "s"),
         Row(f"search p50 at {rows_in_db:,} rows (vs no-op p50)", pct(noop_lat, 50), pct(search_lat, 50), "s",

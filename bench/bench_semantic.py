@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_local import NOOP, make_memory, make_query, params, pct, sm_env, timed_calls  # noqa: E402
+from bench_local import NOOP, make_memory, make_query, params, pct, sm_env, timed_calls
 
 MODEL = os.environ.get("STACKMEMORY_TEST_MODEL_PATH", "/work/shared/models/all-MiniLM-L6-v2-onnx")
 MODES = ("keyword", "semantic", "hybrid")

@@ -17,9 +17,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.app import Runtime  # noqa: E402
-from server.config import Settings  # noqa: E402
-from server.jobs import Worker  # noqa: E402
+from server.app import Runtime
+from server.config import Settings
+from server.jobs import Worker
 
 DATA = Path(os.environ.get("STACKMEMORY_LOCOMO", ROOT.parent / "shared/data/locomo"))
 MODEL = Path(os.environ.get("STACKMEMORY_TEST_MODEL_PATH", ROOT.parent / "shared/models/all-MiniLM-L6-v2-onnx"))
@@ -73,8 +73,9 @@ def postgres_url() -> tuple[str, Any]:
 
 
 def fresh_pg_db(admin: str) -> str:
-    import psycopg
     from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
 
     name = "locomo_" + uuid.uuid4().hex[:8]
     with psycopg.connect(admin, autocommit=True) as conn:
