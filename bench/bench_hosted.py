@@ -179,10 +179,11 @@ def run_load(a: argparse.Namespace, url: str, transport: str, clients: int, thin
              noop: bool = False) -> dict[str, Any]:
     """Two worker processes, each with half the sessions; returns merged calls, errors and wall seconds."""
     procs: list[subprocess.Popen[str]] = []
+    workers = max(1, min(a.workers, clients))  # a worker without sessions would have nothing to wait for
     try:
-        for w in range(a.workers):
-            share = clients // a.workers + (1 if w < clients % a.workers else 0)
-            first = sum(clients // a.workers + (1 if v < clients % a.workers else 0) for v in range(w))
+        for w in range(workers):
+            share = clients // workers + (1 if w < clients % workers else 0)
+            first = sum(clients // workers + (1 if v < clients % workers else 0) for v in range(w))
             cfg = {"tokens": [] if noop else a.tokens[first:first + share],"url": url, "transport": transport, "clients": share, "think": think, "worker": w,
                    "seed": a.seed * 1000 + w + int(time.time()), "search_share": a.search_share,
                    "call_timeout": a.call_timeout, "noop": noop, "distinct": a.distinct_queries,
@@ -234,6 +235,18 @@ def load_table(title: str, r: dict[str, Any]) -> str:
         out.append(f"\nerrors: {len(r['errors'])}, unfinished sessions: {r['unfinished']}; first distinct:")
         out += [f"- `{e}`" for e in list(dict.fromkeys(r["errors"]))[:5]]
     return "\n".join(out)
+
+
+def summary(label: str, r: dict[str, Any]) -> dict[str, Any]:
+    """One load phase as numbers (seconds), per tool and for all calls: what bench/run charts."""
+    tools: dict[str, Any] = {}
+    for tool in sorted({c[0] for c in r["calls"]}) + ["all"]:
+        rows = [c for c in r["calls"] if tool in ("all", c[0])]
+        ok = [c[1] for c in rows if c[2]]
+        tools[tool] = {"calls": len(rows), "errors": len(rows) - len(ok), "throughput": len(ok) / r["wall"],
+                       **{f"p{q}": pct(ok, q) if ok else None for q in (50, 95, 99)}}
+    return {"label": label, "clients": r["clients"], "think": r["think"], "duration": r["duration"],
+            "wall": r["wall"], "unfinished": r["unfinished"], "tools": tools}
 
 
 def search_p95(r: dict[str, Any]) -> float:
@@ -493,6 +506,12 @@ def run(a: argparse.Namespace) -> None:
         for label, lat, tput in floors:
             print(f"| {label} | {len(lat):,} | {ms(pct(lat, 50))} | {ms(pct(lat, 95))} | {ms(pct(lat, 99))} | "
                   f"{'—' if tput is None else f'{tput:,.0f}'} |")
+        if a.json:
+            Path(a.json).write_text(json.dumps({
+                "n": a.n, "mode": "hybrid" if a.model_path else "keyword", "postgres": pg_version,
+                "distinct_queries": a.distinct_queries, "phases": [summary(label, r) for label, r in results],
+                "floors": [{"label": label, "p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99),
+                            "throughput": tput} for label, lat, tput in floors]}, indent=1))
         tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
         print(f"\nserver stderr: {len(tail)} lines" + ("; last 5:\n" + "\n".join(f"    {ln}" for ln in tail[-5:])
                                                       if tail else ""))
@@ -525,6 +544,7 @@ def main() -> None:
     p.add_argument("--distinct-queries", type=int, default=0, help="draw searches from this many fixed queries "
                    "(Zipf popularity) instead of a new one each time (default 0: every query new)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here (for bench/run)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import platform
@@ -314,6 +315,14 @@ async def run(a: argparse.Namespace) -> None:
     srest = pct(search_lat, 50) - noop50 - pct(svc_search, 50)
     print(f"| store remainder: MCP tool layer ≈ store p50 − floor − service | {rest * 1e3:.3f} ms | — |")
     print(f"| search remainder: MCP tool layer ≈ search p50 − floor − service | {srest * 1e3:.3f} ms | — |")
+    if a.json:
+        Path(a.json).write_text(json.dumps({
+            "n": a.n, "rows": rows_in_db, "sqlite": sqlite3.sqlite_version,
+            "noop": {"p50": noop50, "p99": pct(noop_lat, 99), "per_s": len(noop_lat) / noop_wall},
+            "store": {"p50": st50, "p99": pct(store_lat, 99), "per_s": len(store_lat) / store_wall},
+            "search": {"p50": pct(search_lat, 50), "p99": pct(search_lat, 99)},
+            "in_process": {"store_p50": svc50, "search_p50": pct(svc_search, 50)},
+            "cold_start": {"noop": floor_cold, "stackmemory": sm_cold}}, indent=1))
     print(f"\n(MemoryService.store minus add_memory, i.e. validation/model building: "
           f"{statistics.median(s - d for s, d in zip(svc_lat, add_lat, strict=True)) * 1e3:.3f} ms p50)")
 
@@ -328,6 +337,7 @@ def main() -> None:
     p.add_argument("--noop-calls", type=int, default=1000)
     p.add_argument("--cold-runs", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here (for bench/run)")
     asyncio.run(run(p.parse_args()))
 
 
