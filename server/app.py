@@ -16,7 +16,7 @@ from server.errors import ConfigError, EmbeddingUnavailable, StackMemoryError
 from server.jobs import Worker
 from server.project import detect_project
 from server.semantic import Semantic, SharedCache
-from server.service import MemoryService
+from server.service import EMBED, MemoryService
 from server.storage import open_storage
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class Runtime:
         if self._feed:
             await self._follow_changes(stack, service)
         if semantic is not None and self._run_worker:
-            self.worker = Worker(queue, {"embed": service.embed_jobs}, batch=64)
+            self.worker = Worker(queue, {EMBED: service.embed_jobs}, batch=64)
             service.on_write = self.worker.notify
             tg = await stack.enter_async_context(anyio.create_task_group())
             # Closing cancels the background work: an unfinished batch is claimed again when its lease
@@ -141,7 +141,7 @@ class Runtime:
         self.tasks.syncer = self.linear
         # Task changes reach the change log through triggers (migration 0010); this tells the SQLite
         # poller to look now rather than at its next tick (PostgreSQL's NOTIFY needs no telling).
-        self.tasks.on_change = lambda *_: service.on_change()
+        self.tasks.on_change = lambda: service.on_change()
         attach(service, self.tasks)
         if self._run_worker:
             worker = Worker(queue, {JOB: self.linear.handle}, batch=1, lease=LINEAR_LEASE, poll=LINEAR_POLL)

@@ -1,7 +1,8 @@
 """The change feed: what changed in a workspace, in order, and who is told.
 
-Every create, update, share and delete of a memory appends to the change log in its own transaction,
-with a cursor counting up per workspace (migration 0007). Clients catch up with `get_changes(since=...)`
+Every create, update, share and delete of a memory (migration 0007), and every task created or changed
+in a way its readers notice (0010), appends to the change log in its own transaction, through triggers,
+with a cursor counting up per workspace. Clients catch up with `get_changes(since=...)`
 and, on the 2026-07-28 protocol, hear about changes as `notifications/resources/updated` for
 `stackmemory://workspace/<id>/changes` on a `subscriptions/listen` stream.
 
@@ -10,8 +11,8 @@ How a change reaches the listening sessions of every server process:
   (`PgListener`), which reconnects after losing it and then replays what it missed from the log.
 - SQLite: the process looks at the log after each of its own writes, and every second for other
   processes' writes (`SqlitePoller`).
-A session hears only of changes its caller may see: their workspaces, and private changes only of their
-own memories.
+A session hears only of changes its caller may see: their workspaces (tasks are every member's), and
+private changes only of their own memories.
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ async def _reindex(settings: Settings) -> int:
     durable (a job per memory), so an interrupted reindex continues where it stopped when run again."""
     from server.app import Runtime
     from server.jobs import Worker
+    from server.service import EMBED
 
     runtime = Runtime(settings, worker=False, adopt_model=True)
     async with runtime.session() as svc:
@@ -93,14 +94,14 @@ async def _reindex(settings: Settings) -> int:
             return 1
         await svc.queue_unembedded()
         total = await svc.storage.count_unembedded(svc.semantic.model)
-        worker = Worker(svc.jobs, {"embed": svc.embed_jobs}, batch=64)
+        worker = Worker(svc.jobs, {EMBED: svc.embed_jobs}, batch=64)
         while True:
             handled = await worker.run_once()
             left = await svc.storage.count_unembedded(svc.semantic.model)
             _progress(total - left, total)
             if not handled:
                 break
-        failed = (await svc.jobs.counts()).failed
+        failed = (await svc.jobs.counts(EMBED)).failed
     print(f"\nreindexed with {svc.semantic.model}: {total - left} of {total} memories embedded"
           + (f"; {failed} failed (see the log, then run reindex again)" if failed else ""), file=sys.stderr)
     return 1 if left else 0

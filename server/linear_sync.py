@@ -210,10 +210,9 @@ class LinearSync:
             new = outcome.state
             new.task = new.task.model_copy(update={"updated_by": conn.acting_user})
             if await self.store.save_synced(new, state.task.version, now if outcome.fields_changed else None):
+                self.tasks.on_change()
                 summary.conflicts += outcome.conflict is not None
-                if outcome.fields_changed:
-                    summary.updated_locally += 1
-                    await self.tasks.changed(conn.workspace_id, "update", new.task.id, conn.acting_user)
+                summary.updated_locally += outcome.fields_changed
                 return new
         log.warning("task for Linear issue %s kept changing during the sync; the next sync merges it", issue.id)
         return None
@@ -225,8 +224,8 @@ class LinearSync:
                     updated_by=conn.acting_user, created_at=now, updated_at=now, linear=link(issue))
         state = TaskState(task, {"local": fields, "remote": issue.raw()}, dirty=False)
         await self.store.add_task(state, None)
+        self.tasks.on_change()
         summary.created_locally += 1
-        await self.tasks.changed(conn.workspace_id, "create", task.id, conn.acting_user)
         return state
 
     # ---- webhooks -------------------------------------------------------------------------------------
@@ -337,6 +336,7 @@ class _Run:
         done = TaskState(task.model_copy(update={"linear": link(issue) if issue else task.linear, "sync_error": None}),
                          synced, dirty)
         await self.store.save_synced(done, task.version, None, merge=False)
+        self.sync.tasks.on_change()  # the task may have gained its Linear link
 
     async def _create(self, state: TaskState) -> tuple[RemoteIssue, bool]:
         """Create the task's issue exactly once: its id is chosen and recorded before Linear is asked, so a

@@ -244,5 +244,6 @@ class Status(BaseModel):
     embedding_model: str | None = Field(description="Model whose vectors semantic search uses, if any.")
     semantic_search: str = Field(description="'on', or why it is off.")
     vector_index: str | None = Field(default=None, description="SQLite: 'sqlite-vec' or 'memory' (in-process).")
-    pending_jobs: int = Field(description="Background jobs (such as embeddings) waiting or running.")
-    failed_jobs: int = Field(description="Jobs that failed every attempt (see the server log).")
+    pending_jobs: int = Field(description="Memories waiting to be embedded (embedding jobs queued or running); "
+                                          "until then semantic search cannot find them.")
+    failed_jobs: int = Field(description="Embedding jobs that failed every attempt (see the server log).")

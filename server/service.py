@@ -56,6 +56,7 @@ MAX_QUERY_TERMS = 32
 # Candidates from each ranking that hybrid search fuses. On LoCoMo, 100 keeps recall@5 at 0.60 on both
 # backends; 50 costs 0.004 of it (and halves the PostgreSQL vector search's work).
 HYBRID_POOL = 100
+EMBED = "embed"  # the job kind that embeds a memory (triggers on memories queue one per write)
 PENDING_NOTE_TTL = 1.0  # seconds a search reuses the count of memories waiting to be embedded
 ALL_WORKSPACES = ("all", "*")  # what `workspace` takes to search or list across every workspace of the caller
 MAX_HISTORY = 50
@@ -337,7 +338,7 @@ class MemoryService:
         # for a note, and this process's own writes reset it at once.
         now = time.monotonic()
         if self._pending is None or self._pending[0] <= now:
-            self._pending = (now + PENDING_NOTE_TTL, (await self.jobs.counts("embed")).pending)
+            self._pending = (now + PENDING_NOTE_TTL, (await self.jobs.counts(EMBED)).pending)
         pending = self._pending[1]
         if not pending:
             return None
@@ -363,7 +364,7 @@ class MemoryService:
         queued, after = 0, ""
         while ids := await self.storage.unembedded(self.semantic.model, after, batch):
             for memory_id in ids:
-                queued += await self.jobs.enqueue("embed", key=memory_id) is not None
+                queued += await self.jobs.enqueue(EMBED, key=memory_id) is not None
             after = ids[-1]
             self._written()
         return queued
@@ -403,7 +404,9 @@ class MemoryService:
     async def status(self, *, caller: Caller = LOCAL) -> Status:
         scope = await self._scope(caller)
         stats = await self.storage.stats(_now(), scope.access)
-        counts = await self.jobs.counts() if self.jobs is not None else None
+        # Embedding jobs only: the queue also carries Linear syncs (a server's, for every workspace), which
+        # say nothing about this store's memories; `stackmemory linear status` reports on those.
+        counts = await self.jobs.counts(EMBED) if self.jobs is not None else None
         return Status(
             embedding_model=await self.storage.get_meta("embedding_model"),
             semantic_search="on" if self.semantic is not None else (self.semantic_off or "off"),

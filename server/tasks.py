@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
-import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,8 +17,6 @@ from server.ids import check_id, new_id
 from server.models import Access
 from server.service import ALL_WORKSPACES, Scope
 from server.storage.base import Storage
-
-log = logging.getLogger(__name__)
 
 Status = Literal["todo", "in_progress", "done", "blocked", "cancelled"]
 STATUSES: tuple[str, ...] = ("todo", "in_progress", "done", "blocked", "cancelled")
@@ -182,9 +178,6 @@ class Syncer(Protocol):
     async def request(self, workspace_id: str, workspace: str) -> SyncSummary: ...
 
 
-ChangeHook = Callable[[str, str, str, str], Awaitable[None] | None]
-
-
 class TaskService:
     """Create, change, read and list tasks; ask for a Linear sync. Readers read; members and above write
     any task of their workspace (tasks are the team's, as in Linear)."""
@@ -196,10 +189,10 @@ class TaskService:
         self.memories = memories
         self.max_description_bytes = max_description_bytes
         self.syncer: Syncer | None = None
-        # Called as on_change(workspace_id, kind, task_id, actor_user_id) after every task create ("create")
-        # and change ("update"), whoever made it (a tool, the sync, a webhook). The change log itself is
-        # written by triggers in the same transaction (migration 0010); the hook only wakes the feed.
-        self.on_change: ChangeHook | None = None
+        # Called after every task write, whoever made it (a tool, the sync, a webhook), to wake the change
+        # feed (SQLite polls the log; see server/changes.py). The feed's entries themselves are written by
+        # triggers in the writing transaction (migration 0010), which alone decide what is a change.
+        self.on_change: Callable[[], None] = lambda: None
 
     async def create(self, title: str, description: str = "", status: str = "todo", priority: str = "none",
                      assignee: str | None = None, labels: list[str] | None = None,
@@ -214,7 +207,7 @@ class TaskService:
                     labels=_labels(labels), memory_ids=await self._links(memory_ids, scope),
                     created_by=caller.user_id, updated_by=caller.user_id, created_at=now, updated_at=now)
         created = await self.store.add_task(TaskState(task), scope.access)
-        await self.changed(created.workspace_id, "create", created.id, caller.user_id)
+        self.on_change()
         return created.model_copy(update={"workspace": target.workspace})
 
     async def update(self, task_id: str, *, title: str | None = None, description: str | None = None,
@@ -243,7 +236,7 @@ class TaskService:
                                    "member or above")
         changes["updated_by"] = caller.user_id
         updated = await self.store.update_task(task_id, changes, expected_version, _now(), scope.access)
-        await self.changed(updated.workspace_id, "update", updated.id, caller.user_id)
+        self.on_change()
         return updated.model_copy(update={"workspace": role.workspace})
 
     async def get(self, task_id: str, *, caller: Caller = LOCAL) -> Task:
@@ -276,17 +269,6 @@ class TaskService:
         if self.syncer is None:
             raise InvalidInput("Linear sync is not running in this process; run `stackmemory linear sync`")
         return await self.syncer.request(target.workspace_id, target.workspace)
-
-    async def changed(self, workspace_id: str, kind: str, task_id: str, actor: str) -> None:
-        """Tell the change feed; a failing hook is logged, never undoes the change."""
-        if self.on_change is None:
-            return
-        try:
-            result = self.on_change(workspace_id, kind, task_id, actor)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:  # the change itself is committed; the feed catches up on its own
-            log.exception("change hook failed for task %s", task_id)
 
     # ---- rules ----------------------------------------------------------------------------------------
 

@@ -57,12 +57,13 @@ class Sleeps(list[float]):
 
 @asynccontextmanager
 async def opened(db: str, linear: StandIn, settings_for: Any, *, policy: str = "newest", worker: bool = False,
-                 sleeps: Sleeps | None = None, connect: bool = True, **env: str) -> AsyncIterator[Any]:
+                 sleeps: Sleeps | None = None, connect: bool = True, embedder: Any = None,
+                 **env: str) -> AsyncIterator[Any]:
     """A Runtime on `db` whose local workspace is connected to the stand-in (retries without real waits)."""
     from server.app import Runtime
 
     settings = settings_for(db, **{"STACKMEMORY_LINEAR_URL": linear.url, "STACKMEMORY_LINEAR_INTERVAL": "0", **env})
-    rt = Runtime(settings, worker=worker)
+    rt = Runtime(settings, embedder, worker=worker)
     async with rt.session():
         rt.linear.client = lambda key: LinearClient(linear.url, key, backoff=0.01, timeout=1.0,
                                                     sleep=sleeps if sleeps is not None else Sleeps())
@@ -80,6 +81,12 @@ async def all_tasks(rt: Any, caller: Caller | None = None) -> list[Any]:
         if page.next_cursor is None:
             return tasks
         cursor = page.next_cursor
+
+
+def ok(result: Any) -> Any:
+    """A tool call's structured result, failing the test with its message if it was an error."""
+    assert not result.is_error, result.content[0].text
+    return result.structured_content
 
 
 def issue_calls(linear: StandIn) -> list[dict[str, Any]]:
@@ -404,60 +411,81 @@ async def test_readers_see_tasks_but_cannot_create_or_change_them(db_target: str
             await rt.tasks.update(task.id, title="Sneaky", caller=as_rita)
         seen = await rt.tasks.list_tasks(workspace="team", caller=as_rita)
         mine = await rt.tasks.list_tasks(caller=as_rita)
+        feed = await rt.service.changes("team", caller=as_rita)
     assert [t.title for t in seen.tasks] == ["Team task"] and mine.tasks == []
+    assert [(c.entity, c.kind, c.id) for c in feed.changes] == [("task", "create", task.id)]  # readers hear of it
 
 
-async def test_every_task_change_reaches_the_change_hook(tmp_path: Any, linear: StandIn, settings_for: Any) -> None:
-    issue = linear.add_issue("From Linear")
-    heard: list[tuple[str, str, str, str]] = []
-
-    async def hook(workspace_id: str, kind: str, task_id: str, actor: str) -> None:
-        heard.append((workspace_id, kind, task_id, actor))
-
-    async with opened(str(tmp_path / "t.db"), linear, settings_for) as rt:
-        rt.tasks.on_change = hook
-        mine = await rt.tasks.create("Mine")
-        await rt.tasks.update(mine.id, status="done")
-        await rt.linear.run(WS)
-        pulled = next(t for t in await all_tasks(rt) if t.title == "From Linear")
-        linear.edit(issue["id"], title="From Linear, renamed")
-        body = linear.webhook(linear.issues[issue["id"]])
-        status, answer = await rt.linear.webhook(body, {"linear-signature": sign(body, SECRET)})
-    assert status == 200 and answer["changed"] is True
-    assert [(k, t) for _, k, t, _ in heard] == [("create", mine.id), ("update", mine.id), ("create", pulled.id),
-                                               ("update", pulled.id)]
-    assert {w for w, *_ in heard} == {WS}
-
-
-async def test_task_changes_are_in_the_change_feed_but_sync_bookkeeping_is_not(
+async def test_task_tools_and_syncs_write_the_change_feed_but_sync_bookkeeping_does_not(
         db_target: str, linear: StandIn, settings_for: Any) -> None:
-    linear.add_issue("From Linear")
-    async with opened(db_target, linear, settings_for) as rt:
-        svc = rt.service
-        start = (await svc.changes(None, None, 1000)).next_cursor
+    from mcp import Client
 
-        async def tasks_since(cursor: int | None) -> list[tuple[str, str]]:
-            page = await svc.changes(None, cursor, 1000)
-            return [(c.kind, c.id) for c in page.changes if c.entity == "task"]
+    from server.app import build_server
 
-        mine = await rt.tasks.create("Mine")
-        await rt.tasks.update(mine.id, status="in_progress")
+    issue = linear.add_issue("From Linear")
+    async with opened(db_target, linear, settings_for) as rt, Client(build_server(rt)) as c:
+
+        async def task_changes(since: int) -> list[tuple[str, str]]:
+            page = ok(await c.call_tool("get_changes", {"since": since, "limit": 1000}))
+            return [(ch["kind"], ch["id"]) for ch in page["changes"] if ch["entity"] == "task"]
+
+        start = ok(await c.call_tool("get_changes", {}))["next_cursor"]
+        mine = ok(await c.call_tool("create_task", {"title": "Mine"}))["id"]
+        ok(await c.call_tool("update_task", {"id": mine, "status": "in_progress"}))
         await rt.linear.run(WS)  # pulls "From Linear" and pushes "Mine" (which gains its Linear link)
         pulled = next(t for t in await all_tasks(rt) if t.title == "From Linear")
-        assert await tasks_since(start) == [("create", mine.id), ("update", mine.id), ("create", pulled.id),
-                                            ("update", mine.id)]
-        settled = (await svc.changes(None, None, 1000)).next_cursor
-        await rt.linear.run(WS)  # nothing changed on either side: only the sync's own bookkeeping runs
-        assert await tasks_since(settled) == []
+        assert await task_changes(start) == [("create", mine), ("update", mine), ("create", pulled.id),
+                                             ("update", mine)]
+
+        settled = ok(await c.call_tool("get_changes", {}))["next_cursor"]
+        linear.edit(issue["id"])  # touched in Linear (its updatedAt moves) without changing a field we keep
+        linear.faults = [Fault("complexity", op="StackMemoryUpdate")]  # and the next push of "Mine" fails
+        ok(await c.call_tool("update_task", {"id": mine, "priority": "high"}))
+        summary = await rt.linear.run(WS)
+        assert summary.state == "done" and len(summary.errors) == 1
+        assert (await rt.tasks.get(mine)).sync_error is not None  # the sync wrote its bookkeeping...
+        assert (await rt.tasks.get(pulled.id)).linear.updated_at > pulled.linear.updated_at
+        assert await task_changes(settled) == [("update", mine)]  # ...and only the person's edit is news
 
 
-async def test_the_still_embedding_note_counts_embedding_jobs_only(db_target: str, linear: StandIn,
-                                                                  settings_for: Any) -> None:
-    async with opened(db_target, linear, settings_for) as rt:
-        await rt.service.jobs.enqueue("linear_sync", {"workspace_id": WS}, key=WS)
-        assert (await rt.service.jobs.counts()).pending >= 1
-        assert (await rt.service.jobs.counts("embed")).pending == 0
-        assert await rt.service._pending_note() is None
+async def test_a_listening_session_hears_of_a_task_a_webhook_changed(db_target: str, linear: StandIn,
+                                                                     settings_for: Any) -> None:
+    from mcp import Client
+
+    from server.app import build_server
+
+    issue = linear.add_issue("From Linear")
+    async with opened(db_target, linear, settings_for) as rt, Client(build_server(rt)) as c:
+        await rt.linear.run(WS)
+        uri = ok(await c.call_tool("get_changes", {}))["uri"]
+        async with c.listen(resource_subscriptions=[uri]) as sub:
+            linear.edit(issue["id"], title="From Linear, renamed")
+            body = linear.webhook(linear.issues[issue["id"]])
+            status, answer = await rt.linear.webhook(body, {"linear-signature": sign(body, SECRET)})
+            assert status == 200 and answer["changed"] is True
+            with anyio.fail_after(10):
+                assert (await sub.__anext__()).uri == uri
+        newest = ok(await c.call_tool("get_changes", {}))["changes"][-1]
+    assert (newest["entity"], newest["kind"], newest["id"]) == ("task", "update", answer["task"])
+
+
+async def test_memory_status_and_the_still_embedding_note_count_embedding_jobs_not_linear_syncs(
+        db_target: str, linear: StandIn, settings_for: Any) -> None:
+    from mcp import Client
+
+    from server.app import build_server
+    from tests.test_semantic import FakeEmbedder
+
+    async with opened(db_target, linear, settings_for, embedder=FakeEmbedder()) as rt, \
+            Client(build_server(rt)) as c:
+        assert (await rt.service.jobs.counts()).pending == 1  # connecting queued a first sync; no worker runs
+        status = ok(await c.call_tool("memory_status", {}))
+        assert (status["pending_jobs"], status["failed_jobs"]) == (0, 0)
+        assert ok(await c.call_tool("search_memory", {"query": "deploys"}))["note"] is None
+        ok(await c.call_tool("store_memory", {"content": "Deploys go through CI only"}))
+        assert ok(await c.call_tool("memory_status", {}))["pending_jobs"] == 1
+        note = ok(await c.call_tool("search_memory", {"query": "deploys"}))["note"]
+    assert note.startswith("1 memories are still waiting to be embedded")
 
 
 # ---- webhooks over HTTP ----------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ page by page; the engine, the file format and the verification report pick it up
 Not carried, on purpose: API tokens and Linear connections (their secrets stay where they are; create
 new ones on the new server), the job queue and caches (derived; the target queues what it needs), and
 the change feed (change_log: each database's own, with cursors its clients hold; the target records the
-moved memories in its feed as they arrive). Backups that copy the database whole keep all of them."""
+moved memories and tasks in its feed as they arrive). Backups that copy the database whole keep all of
+them."""
 
 from __future__ import annotations
 
