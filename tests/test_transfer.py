@@ -10,8 +10,6 @@ import subprocess
 import time
 import uuid
 from array import array
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from server.accounts import Accounts, Caller
 from server.app import Runtime
 from server.config import Settings
 from server.jobs import Worker
-from tests.conftest import PYTHON, _swap_db, server_env, unavailable
+from tests.conftest import PYTHON, fresh_database, server_env, unavailable
 from tests.test_semantic import FakeEmbedder
 
 ENV = {"STACKMEMORY_EMBEDDINGS": "none", "STACKMEMORY_PROJECT": "demo", "STACKMEMORY_USER": "tester"}
@@ -57,25 +55,11 @@ def ok(*args: str) -> dict[str, Any]:
     return data
 
 
-@contextmanager
-def another_database(pg_admin_url: str) -> Iterator[str]:
-    import psycopg
-
-    name = "t_" + uuid.uuid4().hex[:16]
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _swap_db(pg_admin_url, name)
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def database(kind: str, tmp_path: Path, pg_admin_url: str | None, stack: Any) -> str:
     if kind == "sqlite":
         return str(tmp_path / f"{uuid.uuid4().hex[:8]}.db")
     assert pg_admin_url is not None
-    return str(stack.enter_context(another_database(pg_admin_url)))
+    return str(stack.enter_context(fresh_database(pg_admin_url)))
 
 
 # ---- reading the databases with plain SQL ------------------------------------------------------------------
@@ -269,7 +253,7 @@ def test_an_interrupted_migration_resumes_to_what_one_clean_run_gives(tmp_path: 
 
     source = tmp_path / "local.db"
     prefill(source, 4000)
-    with another_database(pg_admin_url) as resumed, another_database(pg_admin_url) as clean:
+    with fresh_database(pg_admin_url) as resumed, fresh_database(pg_admin_url) as clean:
         args = [PYTHON, "-m", "server", "migrate", "--from", str(source), "--to", resumed, "--batch", "20"]
         proc = subprocess.Popen(args, env=server_env("unused.db"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -589,7 +573,7 @@ async def test_a_postgres_backup_restores_into_an_empty_database(method: str, tm
                                                                  ) -> None:
     from server.backup import find_pg_tools
 
-    with another_database(pg_admin_url) as source, another_database(pg_admin_url) as target:
+    with fresh_database(pg_admin_url) as source, fresh_database(pg_admin_url) as target:
         await fill(source)
         if method == "auto" and isinstance(find_pg_tools(18), str):
             unavailable(f"the pg_dump path needs pg_dump 18 or newer: {find_pg_tools(18)}")
