@@ -52,8 +52,8 @@ ENV_VARS: dict[str, str] = {
     "STACKMEMORY_EMBEDDING_MODEL_PATH": "folder with model.onnx + tokenizer.json: load the local model "
                                         "from disk, offline",
     "STACKMEMORY_MODEL_CACHE": "where downloaded local models are kept (default ~/.stackmemory/models)",
-    "STACKMEMORY_VECTOR_INDEX": "SQLite vector search: auto (default: sqlite-vec where this Python's sqlite3 "
-                                "can load it, else in-process), sqlite-vec or memory",
+    "STACKMEMORY_VECTOR_INDEX": "SQLite vector search: auto or memory (default: the in-process index), or "
+                                "sqlite-vec (an exact scan in SQL, where this Python can load extensions)",
     "OPENAI_API_KEY": "key for STACKMEMORY_EMBEDDINGS=openai",
     "OPENAI_BASE_URL": "OpenAI-compatible endpoint (Ollama, vLLM, ...) for STACKMEMORY_EMBEDDINGS=openai",
     "STACKMEMORY_LINEAR_URL": "Linear's GraphQL endpoint (default https://api.linear.app/graphql)",

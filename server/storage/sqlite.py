@@ -27,7 +27,7 @@ from server.models import (
     StoreStats,
 )
 from server.storage import migrations
-from server.storage.vectors import IndexKind, VectorIndex, choose_index, sqlite_vec_path, to_blob
+from server.storage.vectors import IndexKind, VectorIndex, choose_index, rank_exact, sqlite_vec_path, to_blob
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -47,6 +47,9 @@ def ts(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+VECTOR_PAGE = 5000  # float32 vectors read per query while the in-process index loads (7.5 MB at 384-d)
 
 
 class SQLiteStore:
@@ -311,18 +314,30 @@ class SQLiteStore:
             return [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r)) for r in rows]
         index = await self._vector_index(model, len(vector))
         pool = limit + 20  # a little extra for deleted, changed or filtered-out neighbours
-        found = await self._filtered_hits(index.search(vector, pool), where, model)
+        found = await self._filtered_hits(await self._nearest(index, vector, model, pool), where, model)
         if len(found) < limit and len(index) > pool:
             # Filters (or deletions) removed too many: rank only the memories the filters allow, leaving
             # out any whose vector turns out to be stale (changed content), until the page is full.
             allowed = {r["id"] for r in await self._fetch("filtered_ids", _filter(where))}
             while True:
-                hits = index.search(vector, limit, allowed)
+                hits = await self._nearest(index, vector, model, limit, allowed)
                 found = await self._filtered_hits(hits, where, model)
                 if len(found) == len(hits):
                     break
                 allowed -= {i for i, _ in hits} - {f.id for f in found}
         return found[:limit]
+
+    async def _nearest(self, index: VectorIndex, vector: list[float], model: str, k: int,
+                       allowed: set[str] | None = None) -> list[tuple[str, float]]:
+        """The index's candidates, re-scored exactly from their stored vectors. A vector deleted since the
+        index loaded it (its memory deleted or changed) is not found by its seq: the index forgets it."""
+        seqs = index.candidates(vector, k, allowed)
+        if not seqs:
+            return []
+        rows = await self._fetch("vectors_at", {"seqs": _json(seqs), "model": model})
+        if len(rows) < len(seqs):
+            index.discard(set(seqs) - {r["seq"] for r in rows})
+        return rank_exact(vector, ((r["memory_id"], r["vector"]) for r in rows), k)
 
     async def _filtered_hits(self, hits: list[tuple[str, float]], where: MemoryFilter,
                              model: str) -> list[ScoredMemory]:
@@ -339,9 +354,12 @@ class SQLiteStore:
         index = self._index
         if index is None or index.dim != dim:
             index = self._index = VectorIndex(dim, model)
-        rows = await self._fetch("vectors_since", {"model": model, "seq": index.high_water})
-        index.add((r["seq"], r["memory_id"], r["vector"]) for r in rows)
-        return index
+        while True:  # in pages, so loading 100,000 vectors at the first search never holds them all at once
+            rows = await self._fetch("vectors_since", {"model": model, "seq": index.high_water,
+                                                       "limit": VECTOR_PAGE})
+            index.add((r["seq"], r["memory_id"], r["vector"]) for r in rows)
+            if len(rows) < VECTOR_PAGE:
+                return index
 
     async def stats(self, now: datetime, access: Access) -> StoreStats:
         (row,) = await self._fetch("stats", {"now": ts(now), **_access(access)})
