@@ -49,7 +49,7 @@ def ts(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-VECTOR_PAGE = 5000  # float32 vectors read per query while the in-process index loads (7.5 MB at 384-d)
+VECTOR_PAGE = 1000  # float32 vectors read per query while the in-process index loads (1.5 MB at 384-d)
 
 
 class SQLiteStore:

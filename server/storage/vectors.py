@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -74,7 +75,8 @@ class VectorIndex:
     re-scores them by cosine from the stored float32 vectors. Where the searched rows are no more than
     that, every row is a candidate, so the result is exactly what a brute-force scan (sqlite-vec) returns;
     beyond, the true neighbours are nearly always among the candidates (docs: recall against the exact
-    scan). Memory: dim/8 bytes per row (48 for 384 dimensions) plus the id, instead of 4 per dimension.
+    scan). Memory: dim/8 bytes per row (48 for 384 dimensions) plus the id and its place: 22 MB of Python
+objects at 100,000 rows, 50 MB more resident in all, where the float32 vectors alone would take 150 MB.
 
     Rows are appended in batches; the column-major bit matrix is rebuilt lazily, once per search that
     follows writes (a copy of a few MB at 100,000)."""
@@ -84,10 +86,11 @@ class VectorIndex:
         self.generation = generation
         self.high_water = 0  # largest memory_vectors.seq loaded
         self.words = (dim + 63) // 64  # 64-bit words per row
+        self.width = self.words * 8  # bytes per row
         self._ids: list[str] = []
-        self._seqs: list[int] = []  # memory_vectors.seq of each row: where its float32 vector is
+        self._seqs = array("q")  # memory_vectors.seq of each row: where its float32 vector is
         self._pos: dict[str, int] = {}
-        self._codes: list[bytes] = []  # sign bits, packed, `words` * 8 bytes per row
+        self._codes = bytearray()  # sign bits, packed, `width` bytes per row, rows in _ids order
         self._matrix: np.ndarray[Any, Any] | None = None  # uint64, words x rows
 
     def __len__(self) -> int:
@@ -112,10 +115,10 @@ class VectorIndex:
                 self._pos[memory_id] = len(self._ids)
                 self._ids.append(memory_id)
                 self._seqs.append(seq)
-                self._codes.append(code.tobytes())
+                self._codes += code.tobytes()
             else:
                 self._seqs[pos] = seq
-                self._codes[pos] = code.tobytes()
+                self._codes[pos * self.width:(pos + 1) * self.width] = code.tobytes()
         self._matrix = None
 
     def discard(self, seqs: Iterable[int]) -> None:
@@ -126,11 +129,12 @@ class VectorIndex:
             last = len(self._ids) - 1
             del self._pos[self._ids[pos]]
             if pos != last:
-                self._ids[pos], self._seqs[pos], self._codes[pos] = self._ids[last], self._seqs[last], self._codes[last]
+                self._ids[pos], self._seqs[pos] = self._ids[last], self._seqs[last]
+                self._codes[pos * self.width:(pos + 1) * self.width] = self._codes[last * self.width:]
                 self._pos[self._ids[pos]] = pos
             self._ids.pop()
             self._seqs.pop()
-            self._codes.pop()
+            del self._codes[last * self.width:]
             self._matrix = None
 
     def candidates(self, query: list[float], k: int, allowed: set[str] | None = None) -> list[int]:
@@ -151,7 +155,7 @@ class VectorIndex:
             chosen = range(count) if positions is None else positions.tolist()
             return [self._seqs[p] for p in chosen]
         if self._matrix is None:
-            rows = np.frombuffer(b"".join(self._codes), dtype=np.uint64).reshape(len(self._codes), self.words)
+            rows = np.frombuffer(bytes(self._codes), dtype=np.uint64).reshape(len(self._ids), self.words)
             self._matrix = np.ascontiguousarray(rows.T)
         q = sign_bits(np.asarray(query, dtype=np.float32).reshape(1, self.dim), self.words).view(np.uint64)[0]
         matrix = self._matrix if positions is None else self._matrix[:, positions]
