@@ -277,17 +277,34 @@ class MemoryService:
             nonlocal keyword
             keyword = await self.storage.search_keyword(terms, where, pool)
 
-        # The keyword ranking runs while the query is embedded: both wait on threads that release the GIL
-        # (SQLite or PostgreSQL, and ONNX Runtime), so hybrid search costs little more than the slower one.
+        similar: list[ScoredMemory] = []
+        ran: SearchMode = "keyword"
+        vector: list[float] | None = None
+        note: str | None = None
+
+        async def vector_pool() -> None:
+            """Embed the query (or find it cached), then rank by vector: the keyword ranking runs meanwhile.
+            Both wait on threads that release the GIL (SQLite or PostgreSQL, and ONNX Runtime), so hybrid
+            search costs little more than the slower of its two halves."""
+            nonlocal ran, vector, note, similar
+            ran, vector, note = await self._plan(query, mode)
+            if ran != "keyword":
+                assert vector is not None and self.semantic is not None
+                similar = await self.storage.search_vector(vector, self.semantic.model, where,
+                                                           size if ran == "semantic" else pool)
+
         if keyword_only:
             ran, vector, note = await self._plan(query, mode)
             if terms:
                 await keyword_pool()
         else:
-            async with anyio.create_task_group() as tg:
-                if terms and mode != "semantic":
-                    tg.start_soon(keyword_pool)
-                ran, vector, note = await self._plan(query, mode)
+            try:
+                async with anyio.create_task_group() as tg:
+                    if terms and mode != "semantic":
+                        tg.start_soon(keyword_pool)
+                    tg.start_soon(vector_pool)
+            except BaseExceptionGroup as group:  # the error itself, as a search without the group raises it
+                raise _first_error(group) from None
         if ran == "keyword":
             if not terms:
                 return SearchResult(query=query, mode="keyword", results=[], note=note or (
@@ -297,9 +314,6 @@ class MemoryService:
             hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory), scope.name(s.memory))
                     for s in keyword[:size]]
             return SearchResult(query=query, mode="keyword", results=hits, note=note)
-        assert vector is not None and self.semantic is not None
-        similar = await self.storage.search_vector(vector, self.semantic.model, where,
-                                                   size if ran == "semantic" else pool)
         fused = fuse(keyword if ran == "hybrid" else [], similar, size)
         hits = [SearchHit.of(f.memory, round(f.score if ran == "hybrid" else f.similarity or 0.0, 6),
                              _semantic_reason(terms, f), scope.name(f.memory)) for f in fused]
@@ -573,6 +587,13 @@ def content_hash(text: str) -> str:
     """Hash of the normalised content: case, Unicode form and runs of whitespace do not matter."""
     normal = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
     return hashlib.sha256(normal.encode("utf-8")).hexdigest()
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def search_terms(query: str) -> list[str]:

@@ -101,6 +101,27 @@ async def test_hybrid_is_the_default_and_fuses_words_and_meaning(semantic: Any) 
     assert [h.id for h in keyword_only.results] == [words.id]
 
 
+async def test_a_storage_failure_in_either_half_of_hybrid_search_is_reported_as_itself(
+        semantic: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two halves run side by side in a task group; its failure must reach the tool as the storage
+    error (a clear message), not as an ExceptionGroup."""
+    from server.errors import StorageUnavailable
+
+    svc, worker, _ = semantic
+    await svc.store("Release checklist: run the smoke tests")
+    await worker.run_once()
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise StorageUnavailable("the database is away; retry")
+
+    for half in ("search_vector", "search_keyword"):
+        with monkeypatch.context() as patch:
+            patch.setattr(svc.storage, half, broken)
+            with pytest.raises(StorageUnavailable, match="the database is away"):
+                await svc.search("release checklist")
+    assert (await svc.search("release checklist")).results
+
+
 async def test_semantic_search_honours_filters(semantic: Any) -> None:
     svc, worker, _ = semantic
     for i in range(60):

@@ -61,6 +61,7 @@ class SQLiteStore:
         self.vector_index: IndexKind | None = None
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._vector_reader: aiosqlite.Connection | None = None  # its own thread: runs beside keyword search
         self._lock = asyncio.Lock()
         self._index: VectorIndex | None = None
 
@@ -79,6 +80,7 @@ class SQLiteStore:
                 self._writer = await self._connect()
                 await self.migrate()
                 self._reader = await self._connect()
+                self._vector_reader = await self._connect()
                 return
             except StorageUnavailable as exc:
                 await self.close()
@@ -108,10 +110,10 @@ class SQLiteStore:
         return db
 
     async def close(self) -> None:
-        for db in (self._reader, self._writer):
+        for db in (self._vector_reader, self._reader, self._writer):
             if db is not None:
                 await db.close()
-        self._reader = self._writer = None
+        self._vector_reader = self._reader = self._writer = None
 
     # ---- transactions ---------------------------------------------------------------------------------
 
@@ -142,8 +144,8 @@ class SQLiteStore:
             with _translated(self.path):
                 yield db
 
-    async def _fetch(self, name: str, params: dict[str, Any]) -> list[sqlite3.Row]:
-        db = self._reader or self._writer
+    async def _fetch(self, name: str, params: dict[str, Any], *, vectors: bool = False) -> list[sqlite3.Row]:
+        db = (self._vector_reader if vectors else None) or self._reader or self._writer
         if db is None:
             raise StorageUnavailable("the SQLite store is not open")
         with _translated(self.path):
@@ -310,7 +312,8 @@ class SQLiteStore:
                             limit: int) -> list[ScoredMemory]:
         if self.vector_index == "sqlite-vec":
             rows = await self._fetch("search_vector", {**_filter(where), "model": model, "limit": limit,
-                                                       "vector": to_blob(vector), "bytes": 4 * len(vector)})
+                                                       "vector": to_blob(vector), "bytes": 4 * len(vector)},
+                                   vectors=True)
             return [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r)) for r in rows]
         index = await self._vector_index(model, len(vector))
         pool = limit + 20  # a little extra for deleted, changed or filtered-out neighbours
@@ -318,7 +321,7 @@ class SQLiteStore:
         if len(found) < limit and len(index) > pool:
             # Filters (or deletions) removed too many: rank only the memories the filters allow, leaving
             # out any whose vector turns out to be stale (changed content), until the page is full.
-            allowed = {r["id"] for r in await self._fetch("filtered_ids", _filter(where))}
+            allowed = {r["id"] for r in await self._fetch("filtered_ids", _filter(where), vectors=True)}
             while True:
                 hits = await self._nearest(index, vector, model, limit, allowed)
                 found = await self._filtered_hits(hits, where, model)
@@ -334,7 +337,7 @@ class SQLiteStore:
         seqs = index.candidates(vector, k, allowed)
         if not seqs:
             return []
-        rows = await self._fetch("vectors_at", {"seqs": _json(seqs), "model": model})
+        rows = await self._fetch("vectors_at", {"seqs": _json(seqs), "model": model}, vectors=True)
         if len(rows) < len(seqs):
             index.discard(set(seqs) - {r["seq"] for r in rows})
         return rank_exact(vector, ((r["memory_id"], r["vector"]) for r in rows), k)
@@ -344,7 +347,7 @@ class SQLiteStore:
         if not hits:
             return []
         rows = await self._fetch("memories_in", {**_filter(where), "ids": _json([i for i, _ in hits]),
-                                                 "model": model})
+                                                 "model": model}, vectors=True)
         by_id = {r["id"]: r for r in rows}
         return [ScoredMemory(i, score, partial(_memory, by_id[i]))
                 for i, score in hits if i in by_id]
@@ -356,7 +359,7 @@ class SQLiteStore:
             index = self._index = VectorIndex(dim, model)
         while True:  # in pages, so loading 100,000 vectors at the first search never holds them all at once
             rows = await self._fetch("vectors_since", {"model": model, "seq": index.high_water,
-                                                       "limit": VECTOR_PAGE})
+                                                       "limit": VECTOR_PAGE}, vectors=True)
             index.add((r["seq"], r["memory_id"], r["vector"]) for r in rows)
             if len(rows) < VECTOR_PAGE:
                 return index
