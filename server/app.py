@@ -219,6 +219,9 @@ async def _prepare(service: MemoryService) -> None:
     try:
         await anyio.sleep(WARM_UP_DELAY)
         await semantic.embedder.warm_up()
+        dim = await service.storage.get_meta("embedding_dim")
+        if dim and dim.isdigit():  # SQLite's in-process index: loaded now, while searches still run keyword
+            await service.storage.warm_vectors(semantic.model, int(dim))
     except StackMemoryError as exc:
         log.warning("the embedding model did not load; searches run keyword until it does: %s", exc)
     finally:

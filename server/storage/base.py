@@ -97,6 +97,9 @@ class Storage(Protocol):
     async def prepare_vectors(self, model: str, dim: int) -> None:
         """Drop vectors of any other model and prepare the index for this model's dimension."""
 
+    async def warm_vectors(self, model: str, dim: int) -> None:
+        """Load what vector search keeps in memory (if anything), so the first search does not wait for it."""
+
     async def put_vectors(self, model: str, items: list[tuple[str, list[float]]]) -> None:
         """Store (memory id, vector) pairs; ids of memories deleted meanwhile are skipped."""
 

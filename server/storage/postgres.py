@@ -345,6 +345,9 @@ class PostgresStore:
                 await conn.execute(Q["index_build_memory"], {"memory": f"{int(build_memory_mb)}MB"})
             await conn.execute(create)
 
+    async def warm_vectors(self, model: str, dim: int) -> None:
+        return None  # the HNSW index lives in PostgreSQL
+
     async def put_vectors(self, model: str, items: list[tuple[str, list[float]]]) -> None:
         async with self._as(None) as conn, conn.cursor() as cur:
             await cur.executemany(Q["put_vector"], [{"memory_id": i, "model": model, "embedding": _vector(v)}
