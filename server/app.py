@@ -208,7 +208,8 @@ async def use_model(storage: Storage, model: str, dim: int) -> None:
 
 
 async def _prepare(service: MemoryService) -> None:
-    """Background start-up work: load the model, then queue any memory that has no vector yet.
+    """Background start-up work: load the model (and SQLite's in-process vector index), then queue any
+    memory that has no vector yet.
 
     Until the model is loaded, default searches run keyword instead of waiting (a first start may
     download the model). Loading starts a moment after start-up, so the client's handshake and first
@@ -219,11 +220,15 @@ async def _prepare(service: MemoryService) -> None:
     try:
         await anyio.sleep(WARM_UP_DELAY)
         await semantic.embedder.warm_up()
-        dim = await service.storage.get_meta("embedding_dim")
-        if dim and dim.isdigit():  # SQLite's in-process index: loaded now, while searches still run keyword
-            await service.storage.warm_vectors(semantic.model, int(dim))
     except StackMemoryError as exc:
         log.warning("the embedding model did not load; searches run keyword until it does: %s", exc)
+    else:
+        try:  # SQLite's in-process index: loaded now, while searches still run keyword
+            dim = await service.storage.get_meta("embedding_dim")
+            if dim and dim.isdigit():
+                await service.storage.warm_vectors(semantic.model, int(dim))
+        except StackMemoryError as exc:
+            log.warning("could not load the vectors ahead of the first search (it will): %s", exc)
     finally:
         semantic.warming = False
     try:

@@ -76,7 +76,7 @@ class VectorIndex:
     that, every row is a candidate, so the result is exactly what a brute-force scan (sqlite-vec) returns;
     beyond, the true neighbours are nearly always among the candidates (docs: recall against the exact
     scan). Memory: dim/8 bytes per row (48 for 384 dimensions) plus the id and its place: 22 MB of Python
-objects at 100,000 rows, 50 MB more resident in all, where the float32 vectors alone would take 150 MB.
+    objects at 100,000 rows, 50 MB more resident in all, where the float32 vectors alone would take 150 MB.
 
     Rows are appended in batches; the column-major bit matrix is rebuilt lazily, once per search that
     follows writes (a copy of a few MB at 100,000)."""
