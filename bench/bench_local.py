@@ -306,6 +306,8 @@ async def run(a: argparse.Namespace) -> None:
                f"then {timed:,} stored through MCP store_memory")
     mcp_stores = [make_memory(rng) for _ in range(timed)]
     piped_stores = [make_memory(rng) for _ in range(a.pipelined_stores)]
+    batches = [{"memories": [make_memory(rng) for _ in range(a.batch_size)]}
+               for _ in range(a.batched_stores // a.batch_size if a.batch_size else 0)]
     queries = [{"query": make_query(rng), "limit": 10} for _ in range(a.searches)]
     async with Client(params(["-m", "server", "serve"], sm_env(db))) as c:
         await c.list_tools()
@@ -316,6 +318,9 @@ async def run(a: argparse.Namespace) -> None:
         search_lat, _ = await timed_calls(c, "search_memory", queries)
         rows_in_db = count_rows(db)
         piped_wall = await pipelined_calls(c, "store_memory", piped_stores, a.inflight) if piped_stores else 0.0
+        # store_memories: one call at a time, each a transaction of batch_size memories
+        batch_wall = (await timed_calls(c, "store_memories", batches))[1] if batches else 0.0
+        batched = sum(len(b["memories"]) for b in batches)
         pid = server_pid()
         memory = rss_mb(pid) if pid else {}
 
@@ -338,6 +343,9 @@ async def run(a: argparse.Namespace) -> None:
     if piped_stores:
         rows.append(Row(f"stores/s with {a.inflight} calls in flight (floor: no-op calls/s, same)", noop_piped,
                         len(piped_stores) / piped_wall, "/s"))
+    if batches:
+        rows.append(Row(f"stores/s with store_memories, {a.batch_size} per call (floor: no-op calls/s)",
+                        len(noop_lat) / noop_wall, batched / batch_wall, "/s"))
     print(f"\nN = {a.n:,} ({how}); rows in DB at search time: {rows_in_db:,}; "
           f"no-op calls: {len(noop_lat):,}; searches: {len(search_lat):,} (2-5 vocabulary words, limit 10)\n")
     print(table(rows))
@@ -366,7 +374,9 @@ async def run(a: argparse.Namespace) -> None:
             "noop": {**quantiles(noop_lat), "per_s": len(noop_lat) / noop_wall, "pipelined_per_s": noop_piped},
             "store": {**quantiles(store_lat), "per_s": len(store_lat) / store_wall, "calls": len(store_lat),
                       "pipelined_per_s": len(piped_stores) / piped_wall if piped_stores else None,
-                      "pipelined_calls": len(piped_stores), "inflight": a.inflight},
+                      "pipelined_calls": len(piped_stores), "inflight": a.inflight,
+                      "batched_per_s": batched / batch_wall if batches else None, "batched_calls": len(batches),
+                      "batch_size": a.batch_size},
             "search": {**quantiles(search_lat), "calls": len(search_lat)},
             "in_process": {"store_p50": svc50, "search_p50": pct(svc_search, 50)},
             "server_memory_mb": memory,
@@ -385,6 +395,9 @@ def main() -> None:
     p.add_argument("--timed-stores", type=int, default=5000, help="MCP stores after --prefill (default 5000)")
     p.add_argument("--pipelined-stores", type=int, default=2000,
                    help="then this many stores with --inflight calls outstanding, for throughput (default 2000)")
+    p.add_argument("--batched-stores", type=int, default=5000,
+                   help="then this many stores through store_memories, --batch-size per call (default 5000)")
+    p.add_argument("--batch-size", type=int, default=100, help="memories per store_memories call (default 100)")
     p.add_argument("--inflight", type=int, default=8, help="concurrent calls on the one session (default 8)")
     p.add_argument("--db", help="build the database at this path and keep it (default: a temporary file)")
     p.add_argument("--searches", type=int, default=500)

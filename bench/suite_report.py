@@ -112,12 +112,15 @@ def local_tables(r: dict[str, Any]) -> list[str]:
             memory = (f"{soak['start_mb']:.0f} → {soak['middle_mb']:.0f} → {soak['end_mb']:.0f} ({growth:+.1f}), "
                       f"peak {soak['peak_mb']:.0f}")
         with_model = get(e, "extra", "hybrid", "server_memory_mb")
+        batched = b["store"].get("batched_per_s")
         tput.append(f"| {b['rows']:,} | {b['store']['per_s']:,.0f} | {(b['store'].get('pipelined_per_s') or 0):,.0f} "
+                    f"| {'—' if batched is None else f'{batched:,.0f}'} "
                     f"| {b['noop']['per_s']:,.0f} / {(b['noop'].get('pipelined_per_s') or 0):,.0f} | {memory} "
                     f"| {'—' if with_model is None else f'{with_model:.0f}'} "
                     f"| {b['cold_start']['stackmemory']:.2f} ({b['cold_start']['noop']:.2f}) "
                     f"| {b.get('prefill_seconds', 0):.0f} s |")
     inflight = get(entries[0], "bench", "store", "inflight")
+    batch = get(entries[0], "bench", "store", "batch_size") or 100
     return ["## Local: stdio, SQLite", "",
             ("One MCP client over stdio. The store is bulk-loaded to size with sqlite3 (no MCP), then "
             f"{get(entries[0], 'bench', 'store', 'calls'):,} memories are stored through `store_memory` one call "
@@ -128,13 +131,14 @@ def local_tables(r: dict[str, Any]) -> list[str]:
             "the no-op p50."), "",
             ("| memories | no-op | store | keyword search | hybrid, new query | hybrid, repeated query "
             "| semantic, new query | one query embedding |"), "|---|---|---|---|---|---|---|---|", *lat, "",
-            (f"Throughput and memory: stores/s one call at a time and with {inflight} calls in flight on the "
-            "session; server resident memory (MB, `STACKMEMORY_EMBEDDINGS=none`) read once a second over the "
+            (f"Throughput and memory: stores/s one call at a time, with {inflight} calls in flight on the "
+            f"session, and through `store_memories` ({batch} memories a call, one call at a time); server resident memory (MB, `STACKMEMORY_EMBEDDINGS=none`) read once a second over the "
             "long run of back-to-back calls (80% search, 20% store): first → middle → last reading, and the "
             "peak (VmHWM); the same server with the embedding model loaded, during the hybrid searches."), "",
-            (f"| memories | stores/s | stores/s ({inflight} in flight) | no-op calls/s (1 / {inflight} in flight) "
+            (f"| memories | stores/s | stores/s ({inflight} in flight) | stores/s (batches of {batch}) "
+            f"| no-op calls/s (1 / {inflight} in flight) "
             "| RSS over the long run, MB | RSS with the model, MB | cold start s (no-op) | bulk load |"),
-            "|---|---|---|---|---|---|---|---|", *tput, ""]
+            "|---|---|---|---|---|---|---|---|---|", *tput, ""]
 
 
 def hosted_tables(r: dict[str, Any]) -> list[str]:

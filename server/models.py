@@ -145,6 +145,38 @@ class StoreResult(Memory):
     message: str
 
 
+class MemoryInput(BaseModel):
+    """One memory of a store_memories call: the same fields, defaults and limits as store_memory."""
+
+    content: str = Field(description="The text to remember, self-contained (max 64 KiB by default).")
+    kind: Kind = Field(default="note", description="What sort of memory this is.")
+    tags: list[str] | None = Field(default=None, description="Short labels, e.g. [\"db\", \"deploy\"]; at most 32.")
+    project: str | None = Field(default=None, description="Project; defaults to the current project.")
+    importance: int = Field(default=5, ge=0, le=10, description="0 (trivia) to 10 (critical); default 5.")
+    metadata: dict[str, Any] | None = Field(default=None, description="Any JSON object (max 16 KiB).")
+    expires_at: datetime | None = Field(default=None, description="When it stops being returned (ISO 8601).")
+    workspace: str | None = Field(default=None, description="Workspace name or id; default your personal one.")
+    visibility: Visibility | None = Field(default=None, description="private or team; default as store_memory.")
+
+
+class StoredItem(BaseModel):
+    """What store_memories says about one of its memories (get_memory has the rest)."""
+
+    id: str
+    created: bool = Field(description="False when identical content was already stored (or given earlier "
+                                      "in the same call); id is then the existing memory's.")
+    kind: Kind
+    project: str
+    workspace: str
+    message: str
+
+
+class StoreManyResult(BaseModel):
+    created: int = Field(description="How many memories were new.")
+    existing: int = Field(description="How many were duplicates of memories already stored.")
+    results: list[StoredItem] = Field(description="One per memory given, in the same order.")
+
+
 class SearchHit(BaseModel):
     """A memory as search returns it: flat and compact (get_memory has every field)."""
 

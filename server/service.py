@@ -16,7 +16,7 @@ from server import __version__
 from server.accounts import LOCAL, RANK, AccountStore, Caller, Membership, WorkspaceInfo
 from server.changes import Change, ChangesPage, changes_uri
 from server.config import Settings
-from server.errors import EmbeddingUnavailable, InvalidInput, NotFound, PermissionDenied
+from server.errors import EmbeddingUnavailable, InvalidInput, NotFound, PermissionDenied, StackMemoryError
 from server.ids import check_id, new_id
 from server.models import (
     KINDS,
@@ -26,6 +26,7 @@ from server.models import (
     Memory,
     MemoryDetail,
     MemoryFilter,
+    MemoryInput,
     MemoryPage,
     MemoryPatch,
     NewMemory,
@@ -36,6 +37,8 @@ from server.models import (
     SearchResult,
     ShareResult,
     Status,
+    StoredItem,
+    StoreManyResult,
     StoreResult,
     Visibility,
 )
@@ -60,6 +63,7 @@ EMBED = "embed"  # the job kind that embeds a memory (triggers on memories queue
 PENDING_NOTE_TTL = 1.0  # seconds a search reuses the count of memories waiting to be embedded
 ALL_WORKSPACES = ("all", "*")  # what `workspace` takes to search or list across every workspace of the caller
 MAX_HISTORY = 50
+MAX_BATCH = 100  # memories per store_memories call
 _WORD = re.compile(r"\w+", re.UNICODE)
 # PostgreSQL's english.stop (Snowball): dropped from keyword queries on SQLite too, so both backends
 # match the same words; a query made only of such words keeps them.
@@ -98,29 +102,61 @@ class MemoryService:
                     project: str | None = None, importance: int = 5, metadata: dict[str, Any] | None = None,
                     expires_at: datetime | None = None, *, workspace: str | None = None,
                     visibility: str | None = None, caller: Caller = LOCAL) -> StoreResult:
-        now = _now()
-        text, meta, secrets = self._redacted(self._content(content), _metadata(metadata))
         scope = await self._scope(caller)
-        target = scope.workspace(workspace, "member", "store memories in")
-        visible = _visibility(visibility, target)
-        new = NewMemory(
-            id=new_id(), content=text, content_hash=content_hash(text), kind=_kind(kind),  # type: ignore[arg-type]
-            tags=_tags(tags), project=self._project(project), importance=_importance(importance),
-            metadata=meta, author=self._author(caller), created_at=now,
-            expires_at=_expiry(expires_at, now), workspace_id=target.workspace_id, visibility=visible,
-            created_by=caller.user_id, updated_by=caller.user_id,
-        )
+        new, target, secrets = self._new_memory(scope, _now(), content, kind, tags, project, importance,
+                                                metadata, expires_at, workspace, visibility)
         memory, created = await self.storage.add_memory(new)
         if created:
             self._written()
             self._changed()
-        message = ("stored" if created else
-                   f"identical content is already stored in project {memory.project!r} of workspace "
-                   f"{target.workspace} as {memory.id}; returned that memory instead of a duplicate")
-        if secrets:
-            message += (f"; credentials were redacted before storing ({', '.join(secrets)}), noted in "
-                        "metadata.redacted (STACKMEMORY_REDACT=off keeps content verbatim)")
-        return StoreResult(**memory.model_dump(), created=created, message=message)
+        return StoreResult(**memory.model_dump(), created=created,
+                           message=_stored_message(memory, created, target, secrets))
+
+    async def store_many(self, items: list[MemoryInput], *, caller: Caller = LOCAL) -> StoreManyResult:
+        """Store several memories in one transaction: every item is checked first, and one bad item stores
+        none of them (its error names the item). Duplicates, of stored memories or of an earlier item in
+        the batch, return the existing memory (created=false), as store does."""
+        if not items:
+            raise InvalidInput("memories is empty: give at least one memory to store")
+        if len(items) > MAX_BATCH:
+            raise InvalidInput(f"{len(items)} memories in one call; the limit is {MAX_BATCH} (split them into "
+                               "several calls, or use `stackmemory import` for a bulk load)")
+        scope = await self._scope(caller)
+        now = _now()
+        built: list[tuple[NewMemory, Membership, list[str]]] = []
+        for i, item in enumerate(items):
+            try:
+                built.append(self._new_memory(scope, now, item.content, item.kind, item.tags, item.project,
+                                              item.importance, item.metadata, item.expires_at, item.workspace,
+                                              item.visibility))
+            except StackMemoryError as exc:
+                raise type(exc)(f"memories[{i}]: {exc}; nothing was stored") from exc
+        stored = await self.storage.add_memories([new for new, _, _ in built])
+        if any(created for _, created in stored):
+            self._written()
+            self._changed()
+        results = [StoredItem(id=memory.id, created=created, project=memory.project, kind=memory.kind,
+                              workspace=target.workspace, message=_stored_message(memory, created, target, secrets))
+                   for (memory, created), (_, target, secrets) in zip(stored, built, strict=True)]
+        return StoreManyResult(created=sum(r.created for r in results),
+                               existing=sum(not r.created for r in results), results=results)
+
+    def _new_memory(self, scope: Scope, now: datetime, content: str, kind: str, tags: list[str] | None,
+                    project: str | None, importance: int, metadata: dict[str, Any] | None,
+                    expires_at: datetime | None, workspace: str | None,
+                    visibility: str | None) -> tuple[NewMemory, Membership, list[str]]:
+        """A checked memory ready to write, the workspace it goes to, and the kinds of secret redacted."""
+        text, meta, secrets = self._redacted(self._content(content), _metadata(metadata))
+        target = scope.workspace(workspace, "member", "store memories in")
+        caller = scope.caller
+        new = NewMemory(
+            id=new_id(), content=text, content_hash=content_hash(text), kind=_kind(kind),  # type: ignore[arg-type]
+            tags=_tags(tags), project=self._project(project), importance=_importance(importance),
+            metadata=meta, author=self._author(caller), created_at=now,
+            expires_at=_expiry(expires_at, now), workspace_id=target.workspace_id,
+            visibility=_visibility(visibility, target), created_by=caller.user_id, updated_by=caller.user_id,
+        )
+        return new, target, secrets
 
     async def update(self, memory_id: str, *, content: str | None = None, kind: str | None = None,
                      tags: list[str] | None = None, project: str | None = None, importance: int | None = None,
@@ -581,6 +617,16 @@ def _noted(metadata: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
     earlier = metadata.get("redacted")
     kinds = set(earlier) if isinstance(earlier, list) and all(isinstance(k, str) for k in earlier) else set()
     return {**metadata, "redacted": sorted(kinds | set(secrets))}
+
+
+def _stored_message(memory: Memory, created: bool, target: Membership, secrets: list[str]) -> str:
+    message = ("stored" if created else
+               f"identical content is already stored in project {memory.project!r} of workspace "
+               f"{target.workspace} as {memory.id}; returned that memory instead of a duplicate")
+    if secrets:
+        message += (f"; credentials were redacted before storing ({', '.join(secrets)}), noted in "
+                    "metadata.redacted (STACKMEMORY_REDACT=off keeps content verbatim)")
+    return message
 
 
 def content_hash(text: str) -> str:

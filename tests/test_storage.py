@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from server.accounts import LOCAL_ACCESS
-from server.errors import Conflict, InvalidInput, NotFound
-from server.models import Memory
+from server.accounts import LOCAL, LOCAL_ACCESS
+from server.errors import Conflict, InvalidInput, NotFound, StorageUnavailable
+from server.models import Memory, MemoryInput
 from server.service import MemoryService
 
 pytestmark = pytest.mark.anyio
@@ -264,3 +264,18 @@ async def test_reopening_a_database_keeps_everything(db_target: str, settings_fo
     async with Runtime(settings_for(db_target)).session() as svc:
         assert (await svc.get(m.id)).content == "survives restarts"
         assert (await svc.status()).schema_version >= 1
+
+
+async def test_a_batch_is_written_in_one_transaction(svc: MemoryService) -> None:
+    """A batch that fails in the database part-way (here: an id that is already taken) leaves nothing."""
+    done = await svc.store_many([MemoryInput(content="first of a batch"), MemoryInput(content="second")])
+    assert done.created == 2 and await count(svc) == 2
+    scope = await svc._scope(LOCAL)
+    now = datetime.now(UTC)
+    fresh, _, _ = svc._new_memory(scope, now, "a third memory", "note", None, None, 5, None, None, None, None)
+    clash, _, _ = svc._new_memory(scope, now, "a fourth memory", "note", None, None, 5, None, None, None, None)
+    clash = clash.model_copy(update={"id": done.results[0].id})
+    with pytest.raises((StorageUnavailable, Conflict)):  # how each backend reports the clash
+        await svc.storage.add_memories([fresh, clash])
+    assert await count(svc) == 2
+    assert await svc.storage.get_memory(fresh.id, LOCAL_ACCESS) is None

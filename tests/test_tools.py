@@ -8,7 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"store_memory", "get_memory", "update_memory", "delete_memory", "list_memories", "share_memory",
+TOOLS = {"store_memory", "store_memories", "get_memory", "update_memory", "delete_memory", "list_memories", "share_memory",
          "list_workspaces", "search_memory",
          "get_context", "get_changes", "create_task", "update_task", "list_tasks", "sync_linear",
          "memory_status"}
@@ -75,6 +75,51 @@ async def test_storing_a_duplicate_says_so(client: Any) -> None:
     again = data(await client.call_tool("store_memory", {"content": "tabs,  NOT spaces"}))
     assert again["created"] is False and again["id"] == first["id"]
     assert "already stored" in again["message"]
+
+
+async def test_store_memories_stores_a_batch_in_order_and_flags_duplicates(client: Any) -> None:
+    before = data(await client.call_tool("store_memory", {"content": "Releases are cut on Tuesdays"}))
+    key = "ghp_" + "R4nd0mT0k3nV4lu3sAreL0ngEnough0123456"
+    batch = data(await client.call_tool("store_memories", {"memories": [
+        {"content": "The billing service retries webhooks 5 times", "kind": "fact", "tags": ["billing"]},
+        {"content": "releases are cut on  TUESDAYS"},  # a duplicate of a stored memory
+        {"content": "Use structured logging everywhere", "kind": "preference", "importance": 9,
+         "project": "platform"},
+        {"content": "The billing service retries webhooks 5 times"},  # a duplicate of item 0
+        {"content": f"CI pushes with {key}", "kind": "constraint"},
+    ]}))
+    results = batch["results"]
+    assert (batch["created"], batch["existing"]) == (3, 2)
+    assert [r["created"] for r in results] == [True, False, True, False, True]
+    assert results[1]["id"] == before["id"] and "already stored" in results[1]["message"]
+    assert results[3]["id"] == results[0]["id"]
+    assert [r["kind"] for r in results] == ["fact", "note", "preference", "fact", "constraint"]  # an existing one's
+    assert results[2]["project"] == "platform" and results[0]["project"] == "demo"
+    assert "redacted" in results[4]["message"] and "redacted" not in results[0]["message"]
+    stored = data(await client.call_tool("get_memory", {"id": results[4]["id"]}))
+    assert key not in stored["content"] and stored["kind"] == "constraint"
+    assert data(await client.call_tool("get_memory", {"id": results[2]["id"]}))["importance"] == 9
+    found = data(await client.call_tool("search_memory", {"query": "webhooks retries"}))
+    assert [r["id"] for r in found["results"]] == [results[0]["id"]]
+    assert data(await client.call_tool("memory_status", {}))["memories"] == 4
+
+
+@pytest.mark.parametrize(("memories", "expected"), [
+    ([{"content": "fine"}, {"content": "   "}, {"content": "also fine"}], "memories[1]: content is empty"),
+    ([{"content": "fine"}, {"content": "x", "tags": [f"t{i}" for i in range(40)]}], "memories[1]: "),
+    ([{"content": "fine"}, {"content": "x", "importance": 11}], "less than or equal to 10"),
+    ([{"content": "fine"}, {"content": "x", "kind": "opinion"}], "'fact'"),
+    ([{"content": "fine"}, {"content": "x", "workspace": "no-such-team"}], "memories[1]: "),
+    ([], "at least 1 item"),
+    ([{"content": f"memory {i}"} for i in range(101)], "at most 100 items"),
+])
+async def test_a_bad_memory_in_a_batch_stores_none_of_them(client: Any, memories: list[dict[str, Any]],
+                                                           expected: str) -> None:
+    message = error(await client.call_tool("store_memories", {"memories": memories}))
+    assert expected in message, message
+    if "memories[" in expected:
+        assert "nothing was stored" in message
+    assert data(await client.call_tool("memory_status", {}))["memories"] == 0
 
 
 @pytest.mark.parametrize(

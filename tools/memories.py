@@ -14,8 +14,10 @@ from server.models import (
     Kind,
     Memory,
     MemoryDetail,
+    MemoryInput,
     MemoryPage,
     ShareResult,
+    StoreManyResult,
     StoreResult,
     Visibility,
 )
@@ -59,6 +61,19 @@ async def store_memory(
     memory instead of a duplicate (created=false)."""
     return await svc.store(content, kind, tags, project, importance, metadata, expires_at,
                            workspace=workspace, visibility=visibility, caller=who)
+
+
+@spec("Store several memories", read_only=False)
+async def store_memories(
+    memories: Annotated[list[MemoryInput], Field(
+        min_length=1, max_length=100, description="1-100 memories, each with the fields of store_memory.")],
+    svc: Svc,
+    who: Who,
+) -> StoreManyResult:
+    """Save several memories in one call, all or none: if any one is invalid nothing is stored and the error
+    names it (memories[i]). Each memory is deduplicated as with store_memory. Use it to record several
+    decisions or facts at once, e.g. at the end of a session."""
+    return await svc.store_many(memories, caller=who)
 
 
 @spec("Get memory", read_only=True, idempotent=True)
@@ -141,4 +156,4 @@ async def list_workspaces(svc: Svc, who: Who) -> Workspaces:
     return Workspaces(workspaces=await svc.workspaces(caller=who))
 
 
-TOOLS = [store_memory, get_memory, update_memory, delete_memory, list_memories, share_memory, list_workspaces]
+TOOLS = [store_memory, store_memories, get_memory, update_memory, delete_memory, list_memories, share_memory, list_workspaces]

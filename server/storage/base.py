@@ -52,6 +52,10 @@ class Storage(Protocol):
         hash (created=False)."""
         ...
 
+    async def add_memories(self, news: list[NewMemory]) -> list[tuple[Memory, bool]]:
+        """add_memory for each, in one transaction: all are written or none (one caller's batch)."""
+        ...
+
     async def get_memory(self, memory_id: str, access: Access) -> Memory | None:
         """The memory with this id, including a tombstoned one (deleted_at set), or None (also when the
         caller may not see it)."""

@@ -254,6 +254,32 @@ class PostgresStore:
                     return _memory(existing), False
         raise StorageUnavailable("the memory kept colliding with concurrent changes to the same content; retry")
 
+    async def add_memories(self, news: list[NewMemory]) -> list[tuple[Memory, bool]]:
+        if not news:
+            return []
+        editors = {new.updated_by for new in news}
+        if len(editors) > 1:
+            raise ValueError("add_memories takes one caller's memories")
+        added: list[tuple[Memory, bool]] = []
+        async with self._as(editors.pop()) as conn:
+            for new in news:
+                params = new.model_dump()
+                params.update(tags=Jsonb(new.tags), metadata=Jsonb(new.metadata), dedup_owner=new.dedup_owner)
+                cur = await conn.execute(Q["insert_memory"], params)
+                row = await cur.fetchone()
+                if row is None:
+                    # A duplicate already committed (or given earlier in this batch). One committed by a
+                    # concurrent transaction and deleted since is invisible here: fail the batch, retryable.
+                    cur = await conn.execute(Q["find_duplicate"], params)
+                    existing = await cur.fetchone()
+                    if existing is None:
+                        raise StorageUnavailable("a memory of the batch collided with a concurrent change to "
+                                                 "the same content; nothing was stored, retry")
+                    added.append((_memory(existing), False))
+                else:
+                    added.append((_memory(row), True))
+        return added
+
     async def get_memory(self, memory_id: str, access: Access) -> Memory | None:
         rows = await self._fetch_as(access.user_id, "get_memory", {"id": memory_id, **_access(access)})
         return _memory(rows[0]) if rows else None

@@ -192,9 +192,7 @@ class SQLiteStore:
     # ---- memories -------------------------------------------------------------------------------------
 
     async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
-        params = new.model_dump()
-        params.update(tags=_json(new.tags), metadata=_json(new.metadata), dedup_owner=new.dedup_owner,
-                      created_at=ts(new.created_at), expires_at=ts(new.expires_at))
+        params = _new_params(new)
         # One statement, so it is atomic without an explicit transaction: one trip to the driver thread.
         async with self._statement() as db:
             rows = await db.execute_fetchall(Q["insert_memory"], params)
@@ -205,6 +203,25 @@ class SQLiteStore:
         if not rows:  # the duplicate was deleted in between: store it after all
             return await self.add_memory(new)
         return _memory(rows[0]), False
+
+    async def add_memories(self, news: list[NewMemory]) -> list[tuple[Memory, bool]]:
+        added: list[tuple[Memory, bool]] = []
+        # One transaction: nothing can delete a duplicate found here before the batch commits.
+        async with self._write() as db:
+            for new in news:
+                params = _new_params(new)
+                with _translated(self.path):
+                    row = next(iter(await db.execute_fetchall(Q["insert_memory"], params)), None)
+                if row is not None:
+                    added.append((_memory(row), True))
+                    continue
+                with _translated(self.path):
+                    existing = next(iter(await db.execute_fetchall(Q["find_duplicate"], params)), None)
+                if existing is None:  # cannot happen inside the write lock; refuse rather than guess
+                    raise StorageUnavailable("a memory of the batch was neither stored nor found as a "
+                                             "duplicate; nothing was stored, retry")
+                added.append((_memory(existing), False))
+        return added
 
     async def get_memory(self, memory_id: str, access: Access) -> Memory | None:
         rows = await self._fetch("get_memory", {"id": memory_id, **_access(access)})
@@ -467,6 +484,13 @@ def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, 
         "metadata": _json(patch.metadata if patch.metadata is not None else current.metadata),
         "expires_at": ts(expires),
     }
+
+
+def _new_params(new: NewMemory) -> dict[str, Any]:
+    params = new.model_dump()
+    params.update(tags=_json(new.tags), metadata=_json(new.metadata), dedup_owner=new.dedup_owner,
+                  created_at=ts(new.created_at), expires_at=ts(new.expires_at))
+    return params
 
 
 def _memory(row: sqlite3.Row) -> Memory:
