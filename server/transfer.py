@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from server.accounts import LOCAL_USER_ID, LOCAL_WORKSPACE_ID
-from server.config import Settings
+from server.config import TRANSFER_BATCH, Settings
 from server.errors import InvalidInput, MigrationError, NotFound, StorageUnavailable
 from server.storage import migrations
 from server.storage.kinds import (
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from server.storage.kinds import TransferReader, TransferWriter
 
 Progress = Callable[[int, int], None]
-BATCH = 1000
+BATCH = TRANSFER_BATCH
 
 
 @dataclass(frozen=True)

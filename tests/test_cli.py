@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import PYTHON, ROOT, server_env
 
 
@@ -44,6 +46,17 @@ def test_cli_errors_are_one_line_and_exit_non_zero(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     empty = run(db, "store", "   ")
     assert empty.returncode == 1 and "content is empty" in empty.stderr
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", "0 is out of range: give 1 to 20,000"),
+                                               ("-5", "-5 is out of range"), ("many", "'many' is not a whole number")])
+def test_a_batch_size_out_of_range_is_refused_with_the_range(tmp_path: Path, value: str, expected: str) -> None:
+    """The range is checked where the flag is read, and the message gives it."""
+    db = str(tmp_path / "cli.db")
+    ok(db, "store", "one memory to move")
+    result = run(db, "export", "--out", str(tmp_path / "out.jsonl"), f"--batch={value}")
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_status_never_prints_a_password(tmp_path: Path) -> None:

@@ -315,6 +315,44 @@ def test_a_dry_run_writes_nothing(tmp_path: Path, pg_url: str) -> None:
 # ---- mapping a local store onto a team server ----------------------------------------------------------------
 
 
+def test_migrated_memories_are_in_the_change_feed_numbered_per_workspace_and_notified(tmp_path: Path,
+                                                                                    pg_url: str) -> None:
+    """A migrate inserts a batch of memories with one statement; the feed still gets one entry per memory,
+    numbered without gaps within each workspace in id order, each announced by a NOTIFY."""
+    import asyncio
+
+    import psycopg
+    from psycopg.rows import dict_row
+
+    source = str(tmp_path / "local.db")
+    asyncio.run(fill(source))
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute("LISTEN stackmemory_changes")
+        assert ok("migrate", "--from", source, "--to", pg_url)["verified"]
+        heard = [json.loads(n.payload) for n in listener.notifies(timeout=2.0)]
+    with psycopg.connect(pg_url, row_factory=dict_row) as conn:  # a superuser: row-level security does not apply
+        memories = {m["id"]: m for m in conn.execute("SELECT * FROM memories")}
+        entries = conn.execute("SELECT * FROM change_log WHERE entity = 'memory' ORDER BY workspace_id, cursor"
+                               ).fetchall()
+    assert len(memories) == 7 and sorted(e["entity_id"] for e in entries) == sorted(memories)
+    for workspace in {m["workspace_id"] for m in memories.values()}:
+        mine = [e for e in entries if e["workspace_id"] == workspace]
+        assert [e["cursor"] for e in mine] == list(range(1, len(mine) + 1))
+        assert [e["entity_id"] for e in mine] == sorted(e["entity_id"] for e in mine)
+    for e in entries:
+        m = memories[e["entity_id"]]
+        assert e["kind"] == ("share" if "shared_from" in m["metadata"] else "create")
+        assert e["private_to"] == (m["created_by"] if m["visibility"] == "private" else None)
+        assert e["actor"] == m["updated_by"]
+    assert any(e["kind"] == "share" for e in entries) and any(e["private_to"] for e in entries)
+    told = [(n["w"], n["c"], n["k"], n["id"], n["p"]) for n in heard if n["e"] == "memory"]
+    assert sorted(told) == [(e["workspace_id"], e["cursor"], e["kind"], e["entity_id"], e["private_to"])
+                            for e in entries]
+    for workspace in {w for w, *_ in told}:  # each workspace's announced in cursor order
+        cursors = [c for w, c, *_ in told if w == workspace]
+        assert cursors == sorted(cursors)
+
+
 def test_local_memories_land_in_the_named_users_personal_workspace(tmp_path: Path, pg_url: str) -> None:
     import asyncio
 

@@ -42,13 +42,14 @@ class PostgresTransfer:
             await conn.execute(Q["act_as_system"])
             yield conn
 
-    async def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _rows(self, name: str, params: dict[str, Any], *, binary: bool = False) -> list[dict[str, Any]]:
+        """binary: results in PostgreSQL's binary format (vectors: raw bytes, not twice as many hex digits)."""
         if self._conn is not None:
             async with self.store._translated():
-                cur = await self._conn.execute(T[name], params)
+                cur = await self._conn.execute(T[name], params, binary=binary)
                 return list(await cur.fetchall())
         async with self.store._as(None) as conn:
-            cur = await conn.execute(T[name], params)
+            cur = await conn.execute(T[name], params, binary=binary)
             return list(await cur.fetchall())
 
     async def schema_version(self) -> int:
@@ -86,7 +87,7 @@ class PostgresTransfer:
         return [_load(kind, r) for r in await self._rows(f"{kind.name}_by_id", {"ids": ids})]
 
     async def children(self, kind: Kind, memory_ids: list[str], model: str | None) -> list[Row]:
-        rows = await self._rows(f"read_{kind.name}", {"ids": memory_ids, "model": model})
+        rows = await self._rows(f"read_{kind.name}", {"ids": memory_ids, "model": model}, binary=kind is VECTOR)
         return [_load(kind, r) for r in rows]
 
     async def count(self, kind: Kind, workspace: str | None) -> int:
