@@ -296,11 +296,14 @@ async def export(settings: Settings, out: Path | IO[str], workspace: str | None 
             async with reader.snapshot() as snap:
                 count, done = await total(snap, workspace_id), 0
                 async for _, rows in db_batches(snap, workspace_id, batch, model):
+                    lines = []
                     for kind, row in _grouped(rows):
-                        stream.write(encode(kind, row) + "\n")
+                        lines.append(encode(kind, row))
                         tally = report.tallies[kind.name]
                         tally.source += 1
                         tally.source_sum += digest(kind, row)
+                    lines.append("")
+                    stream.write("\n".join(lines))  # one write per batch: a write per line cost a tenth
                     done += paged(rows)
                     progress(done, count)
             stream.write(footer({k: t.source for k, t in report.tallies.items()}) + "\n")
