@@ -290,7 +290,7 @@ async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> dict[st
     now = datetime.now(UTC)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         # The prefill is not news: the change feed's trigger is off while it is copied in.
-        await conn.execute("ALTER TABLE memories DISABLE TRIGGER memories_change")
+        await conn.execute("ALTER TABLE memories DISABLE TRIGGER memories_change_insert")
         async with conn.cursor() as cur, cur.copy(f"COPY memories ({', '.join(COLUMNS)}) FROM STDIN") as copy:
             while len(seen) < n:
                 m = make_memory(rng)
@@ -302,7 +302,7 @@ async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> dict[st
                 await copy.write_row((new_id(), m["content"], h, m["kind"], json.dumps(m["tags"]),
                                       m["project"], m["importance"], "{}", rng.choice(["alice", "bob", "ci"]),
                                       at, at, workspace_id, "team", owner.id, owner.id, ""))
-        await conn.execute("ALTER TABLE memories ENABLE TRIGGER memories_change")
+        await conn.execute("ALTER TABLE memories ENABLE TRIGGER memories_change_insert")
         await conn.execute("ANALYZE memories")
         out = {"memories_s": time.perf_counter() - t0}
         if vectors:
