@@ -275,7 +275,7 @@ async def test_a_batch_is_written_in_one_transaction(svc: MemoryService) -> None
     fresh, _, _ = svc._new_memory(scope, now, "a third memory", "note", None, None, 5, None, None, None, None)
     clash, _, _ = svc._new_memory(scope, now, "a fourth memory", "note", None, None, 5, None, None, None, None)
     clash = clash.model_copy(update={"id": done.results[0].id})
-    with pytest.raises((StorageUnavailable, Conflict)):  # how each backend reports the clash
+    with pytest.raises((StorageUnavailable, Conflict), match="memories.id|memories_pkey"):  # each backend's words
         await svc.storage.add_memories([fresh, clash])
     assert await count(svc) == 2
     assert await svc.storage.get_memory(fresh.id, LOCAL_ACCESS) is None

@@ -145,8 +145,12 @@ class PostgresStore:
                 "retry, or raise STACKMEMORY_POOL_MAX"
             ) from exc
         except psycopg.errors.UniqueViolation as exc:
-            raise Conflict("another live memory in that project already has this content; "
-                           "update or delete that one instead") from exc
+            constraint = exc.diag.constraint_name or "a unique key"
+            if constraint == "memories_dedup":
+                raise Conflict("another live memory in that project already has this content; "
+                               "update or delete that one instead") from exc
+            raise Conflict(f"that would duplicate a record the database already holds ({constraint}); "
+                           "nothing was written") from exc
         except psycopg.OperationalError as exc:
             raise StorageUnavailable(self._unreachable(exc)) from exc
         except psycopg.Error as exc:
