@@ -273,7 +273,7 @@ async def prefill(url: str, n: int, seed: int, vectors: bool = False) -> dict[st
 
     from server.accounts import Accounts
     from server.ids import new_id
-    from server.service import content_hash
+    from server.rules import content_hash
     from server.storage import open_accounts
     from server.storage.postgres import PostgresStore
 
@@ -339,7 +339,7 @@ async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tup
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
 
-    from server.service import search_terms
+    from server.search_text import search_terms
     from server.storage import migrations
     from server.storage.postgres import KEYWORD_POOL
 

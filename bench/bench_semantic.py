@@ -227,7 +227,7 @@ async def embed_floor(queries: list[str]) -> list[float]:
 def synth_rows(n: int, seed: int) -> list[tuple[Any, ...]]:
     """(id, content, content_hash, kind, tags, project, importance, metadata, author, created_at) rows."""
     from server.ids import new_id
-    from server.service import content_hash
+    from server.rules import content_hash
 
     rng = random.Random(seed)
     now = datetime.now(UTC)

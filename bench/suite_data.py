@@ -38,7 +38,7 @@ def sqlite_bulk_memories(db: Path, memories: Iterable[dict[str, Any]]) -> tuple[
     (id, content hash, personal workspace, private); the schema's triggers keep the keyword index and the
     change log as they would. Returns (rows added, seconds)."""
     from server.ids import new_id
-    from server.service import content_hash
+    from server.rules import content_hash
     from server.storage.sqlite import ts
 
     sqlite_schema(db)

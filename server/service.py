@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import time
-import unicodedata
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -19,7 +16,6 @@ from server.config import Settings
 from server.errors import EmbeddingUnavailable, InvalidInput, NotFound, PermissionDenied, StackMemoryError
 from server.ids import check_id, new_id
 from server.models import (
-    KINDS,
     Access,
     ContextSection,
     DeleteResult,
@@ -40,10 +36,26 @@ from server.models import (
     StoredItem,
     StoreManyResult,
     StoreResult,
-    Visibility,
 )
 from server.redact import redact, redact_value
-from server.semantic import Fused, Semantic, fuse
+from server.rules import (
+    MAX_PROJECT_CHARS,
+    as_utc,
+    checked_expiry,
+    checked_importance,
+    checked_kind,
+    checked_limit,
+    checked_metadata,
+    checked_tags,
+    clean_text,
+    content_hash,
+    kib,
+    noted_redactions,
+    utc_now,
+    visibility_for,
+)
+from server.search_text import keyword_reason, search_terms, semantic_reason
+from server.semantic import Semantic, fuse
 from server.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -51,11 +63,6 @@ if TYPE_CHECKING:
 
     from server.jobs import Job, JobQueue
 
-MAX_TAGS = 32
-MAX_TAG_CHARS = 64
-MAX_PROJECT_CHARS = 200
-MAX_METADATA_BYTES = 16384
-MAX_QUERY_TERMS = 32
 # Candidates from each ranking that hybrid search fuses. On LoCoMo, 100 keeps recall@5 at 0.60 on both
 # backends; 50 costs 0.004 of it (and halves the PostgreSQL vector search's work).
 HYBRID_POOL = 100
@@ -64,10 +71,6 @@ PENDING_NOTE_TTL = 1.0  # seconds a search reuses the count of memories waiting 
 ALL_WORKSPACES = ("all", "*")  # what `workspace` takes to search or list across every workspace of the caller
 MAX_HISTORY = 50
 MAX_BATCH = 100  # memories per store_memories call
-_WORD = re.compile(r"\w+", re.UNICODE)
-# PostgreSQL's english.stop (Snowball): dropped from keyword queries on SQLite too, so both backends
-# match the same words; a query made only of such words keeps them.
-STOPWORDS = frozenset(["a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "did", "do", "does", "doing", "don", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "s", "same", "she", "should", "so", "some", "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "you", "your", "yours", "yourself", "yourselves"])
 
 
 class MemoryService:
@@ -103,7 +106,7 @@ class MemoryService:
                     expires_at: datetime | None = None, *, workspace: str | None = None,
                     visibility: str | None = None, caller: Caller = LOCAL) -> StoreResult:
         scope = await self._scope(caller)
-        new, target, secrets = self._new_memory(scope, _now(), content, kind, tags, project, importance,
+        new, target, secrets = self._new_memory(scope, utc_now(), content, kind, tags, project, importance,
                                                 metadata, expires_at, workspace, visibility)
         memory, created = await self.storage.add_memory(new)
         if created:
@@ -122,7 +125,7 @@ class MemoryService:
             raise InvalidInput(f"{len(items)} memories in one call; the limit is {MAX_BATCH} (split them into "
                                "several calls, or use `stackmemory import` for a bulk load)")
         scope = await self._scope(caller)
-        now = _now()
+        now = utc_now()
         built: list[tuple[NewMemory, Membership, list[str]]] = []
         for i, item in enumerate(items):
             try:
@@ -146,15 +149,15 @@ class MemoryService:
                     expires_at: datetime | None, workspace: str | None,
                     visibility: str | None) -> tuple[NewMemory, Membership, list[str]]:
         """A checked memory ready to write, the workspace it goes to, and the kinds of secret redacted."""
-        text, meta, secrets = self._redacted(self._content(content), _metadata(metadata))
+        text, meta, secrets = self._redacted(self._content(content), checked_metadata(metadata))
         target = scope.workspace(workspace, "member", "store memories in")
         caller = scope.caller
         new = NewMemory(
-            id=new_id(), content=text, content_hash=content_hash(text), kind=_kind(kind),  # type: ignore[arg-type]
-            tags=_tags(tags), project=self._project(project), importance=_importance(importance),
+            id=new_id(), content=text, content_hash=content_hash(text), kind=checked_kind(kind),  # type: ignore[arg-type]
+            tags=checked_tags(tags), project=self._project(project), importance=checked_importance(importance),
             metadata=meta, author=self._author(caller), created_at=now,
-            expires_at=_expiry(expires_at, now), workspace_id=target.workspace_id,
-            visibility=_visibility(visibility, target), created_by=caller.user_id, updated_by=caller.user_id,
+            expires_at=checked_expiry(expires_at, now), workspace_id=target.workspace_id,
+            visibility=visibility_for(visibility, target), created_by=caller.user_id, updated_by=caller.user_id,
         )
         return new, target, secrets
 
@@ -164,15 +167,15 @@ class MemoryService:
                      clear_expiry: bool = False, expected_version: int | None = None,
                      caller: Caller = LOCAL) -> Memory:
         memory_id = check_id(memory_id)
-        now = _now()
+        now = utc_now()
         patch = MemoryPatch(
             content=None if content is None else self._content(content),
-            kind=None if kind is None else _kind(kind),  # type: ignore[arg-type]
-            tags=None if tags is None else _tags(tags),
+            kind=None if kind is None else checked_kind(kind),  # type: ignore[arg-type]
+            tags=None if tags is None else checked_tags(tags),
             project=None if project is None else self._project(project),
-            importance=None if importance is None else _importance(importance),
-            metadata=None if metadata is None else _metadata(metadata),
-            expires_at=None if expires_at is None else _expiry(expires_at, now),
+            importance=None if importance is None else checked_importance(importance),
+            metadata=None if metadata is None else checked_metadata(metadata),
+            expires_at=None if expires_at is None else checked_expiry(expires_at, now),
             clear_expiry=clear_expiry,
         )
         secrets: list[str] = []
@@ -188,7 +191,7 @@ class MemoryService:
         scope = await self._scope(caller)
         current = await self._writable(scope, memory_id, "change")
         if secrets:
-            patch.metadata = _noted(current.metadata if patch.metadata is None else patch.metadata, secrets)
+            patch.metadata = noted_redactions(current.metadata if patch.metadata is None else patch.metadata, secrets)
         updated = await self.storage.update_memory(memory_id, patch, expected_version, now, scope.access)
         self._changed()
         if patch.content is not None:
@@ -199,7 +202,7 @@ class MemoryService:
         memory_id = check_id(memory_id)
         scope = await self._scope(caller)
         await self._writable(scope, memory_id, "delete")
-        memory = await self.storage.delete_memory(memory_id, _now(), scope.access)
+        memory = await self.storage.delete_memory(memory_id, utc_now(), scope.access)
         self._changed()
         return DeleteResult(id=memory.id, deleted=True,
                             message="deleted (a tombstone is kept so sync and migration carry the deletion)")
@@ -218,14 +221,14 @@ class MemoryService:
             if target.personal:
                 raise InvalidInput(f"{target.workspace} is your personal workspace; name a team workspace "
                                    "(list_workspaces shows yours)")
-            await self.storage.update_memory(memory_id, MemoryPatch(visibility="team"), None, _now(),
+            await self.storage.update_memory(memory_id, MemoryPatch(visibility="team"), None, utc_now(),
                                              scope.access)
             self._changed()
             return ShareResult(id=memory.id, workspace=target.workspace, copied=False,
                                message=f"now visible to every member of {target.workspace}")
         if target.personal:
             raise InvalidInput(f"{target.workspace} is a personal workspace; share into a team workspace")
-        now = _now()
+        now = utc_now()
         copy = NewMemory(
             id=new_id(), content=memory.content, content_hash=content_hash(memory.content), kind=memory.kind,
             tags=memory.tags, project=memory.project, importance=memory.importance,
@@ -265,14 +268,14 @@ class MemoryService:
         start = 0 if since is None else since
         if start < 0:
             raise InvalidInput(f"since {since} is invalid: cursors start at 0 (the beginning of the feed)")
-        size = _limit(limit, 1000)
+        size = checked_limit(limit, 1000)
         rows = await self.changes_store.changes(caller.user_id, target.workspace_id, start, size + 1)
         page = rows[:size]
         names = {r.actor: await self._user_name(r.actor) for r in page}
         return ChangesPage(
             workspace=target.workspace, workspace_id=target.workspace_id, uri=changes_uri(target.workspace_id),
             changes=[Change(cursor=r.cursor, kind=r.kind, entity=r.entity, id=r.entity_id,  # type: ignore[arg-type]
-                            actor=names[r.actor], at=r.at or _now()) for r in page],
+                            actor=names[r.actor], at=r.at or utc_now()) for r in page],
             next_cursor=page[-1].cursor if page else start, more=len(rows) > size)
 
     async def recent_changes(self, workspace_id: str, limit: int = 50, *, caller: Caller = LOCAL) -> ChangesPage:
@@ -287,7 +290,7 @@ class MemoryService:
 
     async def workspaces(self, *, caller: Caller = LOCAL) -> list[WorkspaceInfo]:
         scope = await self._scope(caller)
-        counts = await self.accounts.workspace_counts(caller.user_id, list(scope.access.workspaces), _now())
+        counts = await self.accounts.workspace_counts(caller.user_id, list(scope.access.workspaces), utc_now())
         return [WorkspaceInfo(**m.model_dump(), members=counts.get(m.workspace_id, (0, 0))[0],
                               memories=counts.get(m.workspace_id, (0, 0))[1]) for m in scope.memberships]
 
@@ -300,10 +303,10 @@ class MemoryService:
             raise InvalidInput("query is empty: give the words or question to search for")
         if mode not in (None, "hybrid", "keyword", "semantic"):
             raise InvalidInput(f"mode {mode!r} is not one of: hybrid, keyword, semantic")
-        query = _clean_text(query)
+        query = clean_text(query)
         scope = await self._scope(caller)
         where = self._filter(project, kinds, tags, since, until, scope=scope, workspace=workspace)
-        size = _limit(limit, 100)
+        size = checked_limit(limit, 100)
         terms = search_terms(query)
         keyword_only = mode == "keyword" or self.semantic is None
         pool = size if keyword_only else max(HYBRID_POOL, size * 3)  # hybrid fuses deeper candidate lists
@@ -347,12 +350,12 @@ class MemoryService:
                     "the query has no searchable words (letters or digits); nothing matched"))
             if mode == "semantic" and not keyword_only:  # fell back from semantic: no pool fetched yet
                 await keyword_pool()
-            hits = [SearchHit.of(s.memory, round(s.score, 6), _reason(terms, s.memory), scope.name(s.memory))
+            hits = [SearchHit.of(s.memory, round(s.score, 6), keyword_reason(terms, s.memory), scope.name(s.memory))
                     for s in keyword[:size]]
             return SearchResult(query=query, mode="keyword", results=hits, note=note)
         fused = fuse(keyword if ran == "hybrid" else [], similar, size)
         hits = [SearchHit.of(f.memory, round(f.score if ran == "hybrid" else f.similarity or 0.0, 6),
-                             _semantic_reason(terms, f), scope.name(f.memory)) for f in fused]
+                             semantic_reason(terms, f), scope.name(f.memory)) for f in fused]
         return SearchResult(query=query, mode=ran, results=hits, note=await self._pending_note())
 
     async def _plan(self, query: str, mode: str | None) -> tuple[SearchMode, list[float] | None, str | None]:
@@ -424,7 +427,7 @@ class MemoryService:
                             caller: Caller = LOCAL) -> MemoryPage:
         scope = await self._scope(caller)
         where = self._filter(project, [kind] if kind else None, tags, None, None, scope=scope, workspace=workspace)
-        size = _limit(limit, 100)
+        size = checked_limit(limit, 100)
         after = check_id(cursor, "cursor") if cursor else None
         page = await self.storage.list_memories(where, size + 1, after)
         more = len(page) > size
@@ -433,7 +436,7 @@ class MemoryService:
 
     async def context(self, project: str | None = None, limit: int = 20, *, workspace: str | None = None,
                       caller: Caller = LOCAL) -> ProjectContext:
-        size = _limit(limit, 100)
+        size = checked_limit(limit, 100)
         name = self._project(project)
         scope = await self._scope(caller)
         sections = []
@@ -453,7 +456,7 @@ class MemoryService:
 
     async def status(self, *, caller: Caller = LOCAL) -> Status:
         scope = await self._scope(caller)
-        stats = await self.storage.stats(_now(), scope.access)
+        stats = await self.storage.stats(utc_now(), scope.access)
         # Embedding jobs only: the queue also carries Linear syncs (a server's, for every workspace), which
         # say nothing about this store's memories; `stackmemory linear status` reports on those.
         counts = await self.jobs.counts(EMBED) if self.jobs is not None else None
@@ -474,14 +477,14 @@ class MemoryService:
     def _content(self, content: str) -> str:
         if not isinstance(content, str):
             raise InvalidInput("content must be text")
-        text = _clean_text(content).strip()
+        text = clean_text(content).strip()
         if not text:
             raise InvalidInput("content is empty: give the text to remember")
         size = len(text.encode("utf-8"))
         limit = self.settings.max_content_bytes
         if size > limit:
             raise InvalidInput(
-                f"content is {_kib(size)}; the limit is {_kib(limit)} (split it into several memories, "
+                f"content is {kib(size)}; the limit is {kib(limit)} (split it into several memories, "
                 "or raise STACKMEMORY_MAX_CONTENT_BYTES)"
             )
         return text
@@ -499,13 +502,13 @@ class MemoryService:
             metadata = redact_value(metadata, found)
         secrets = sorted(found)
         if secrets and metadata is not None:  # an update without metadata is noted once the memory is read
-            metadata = _noted(metadata, secrets)
+            metadata = noted_redactions(metadata, secrets)
         return text, metadata, secrets
 
     def _project(self, project: str | None) -> str:
         if project is None or not project.strip():
             return self.default_project
-        name = _clean_text(project).strip()
+        name = clean_text(project).strip()
         if len(name) > MAX_PROJECT_CHARS:
             raise InvalidInput(f"project name is {len(name)} characters; the limit is {MAX_PROJECT_CHARS}")
         return name
@@ -553,14 +556,14 @@ class MemoryService:
     def _filter(self, project: str | None, kinds: list[str] | None, tags: list[str] | None,
                 since: datetime | None, until: datetime | None, *, scope: Scope,
                 workspace: str | None = None) -> MemoryFilter:
-        since, until = _aware(since), _aware(until)
+        since, until = as_utc(since), as_utc(until)
         if since and until and since >= until:
             raise InvalidInput(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
         return MemoryFilter(
             project=self._project(project) if project else None,
-            kinds=sorted({_kind(k) for k in kinds}) if kinds else None,
-            tags=_tags(tags) or None,
-            since=since, until=until, now=_now(),
+            kinds=sorted({checked_kind(k) for k in kinds}) if kinds else None,
+            tags=checked_tags(tags) or None,
+            since=since, until=until, now=utc_now(),
             user_id=scope.caller.user_id, workspaces=scope.readable(workspace),
         )
 
@@ -603,22 +606,6 @@ class Scope:
         return found.workspace if found else memory.workspace_id
 
 
-def _visibility(value: str | None, target: Membership) -> Visibility:
-    """Private in a personal workspace, team in a team workspace, unless asked otherwise."""
-    if value is None:
-        return "private" if target.personal else "team"
-    if value not in ("private", "team"):
-        raise InvalidInput(f"visibility {value!r} is not one of: private (only you), team (every member)")
-    return "team" if value == "team" else "private"
-
-
-def _noted(metadata: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
-    """Metadata recording which kinds of credential were redacted (added to any earlier note)."""
-    earlier = metadata.get("redacted")
-    kinds = set(earlier) if isinstance(earlier, list) and all(isinstance(k, str) for k in earlier) else set()
-    return {**metadata, "redacted": sorted(kinds | set(secrets))}
-
-
 def _stored_message(memory: Memory, created: bool, target: Membership, secrets: list[str]) -> str:
     message = ("stored" if created else
                f"identical content is already stored in project {memory.project!r} of workspace "
@@ -629,44 +616,11 @@ def _stored_message(memory: Memory, created: bool, target: Membership, secrets: 
     return message
 
 
-def content_hash(text: str) -> str:
-    """Hash of the normalised content: case, Unicode form and runs of whitespace do not matter."""
-    normal = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-    return hashlib.sha256(normal.encode("utf-8")).hexdigest()
-
-
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     error: BaseException = group
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
-
-
-def search_terms(query: str) -> list[str]:
-    """The distinct words of a query, in order, as plain text: no operator in it means anything."""
-    seen: dict[str, None] = {}
-    for word in _WORD.findall(query.casefold()):
-        if word != "_" and len(seen) < MAX_QUERY_TERMS:
-            seen.setdefault(word[:64], None)
-    content = [w for w in seen if w not in STOPWORDS]
-    return content or list(seen)
-
-
-def _reason(terms: list[str], memory: Memory) -> str:
-    haystack = f"{memory.content} {' '.join(memory.tags)}".casefold()
-    matched = [t for t in terms if t in haystack]
-    if not matched:
-        return "keyword match (word forms such as plurals count)"
-    return "matched: " + ", ".join(matched[:10])
-
-
-def _semantic_reason(terms: list[str], fused: Fused) -> str:
-    parts = []
-    if fused.keyword_rank is not None:
-        parts.append(_reason(terms, fused.memory))
-    if fused.similarity is not None:
-        parts.append(f"similar in meaning ({fused.similarity:.2f})")
-    return "; ".join(parts)
 
 
 def _summary(project: str, sections: list[ContextSection]) -> str:
@@ -688,95 +642,3 @@ def _one_line(text: str, width: int = 240) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _clean_text(text: str) -> str:
-    """Drop NUL characters and unpaired surrogates, which neither backend can store as text."""
-    if "\x00" in text:
-        text = text.replace("\x00", "")
-    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogates(text) else text
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise InvalidInput(f"kind {kind!r} is not one of: {', '.join(KINDS)}")
-    return kind
-
-
-def _importance(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
-        raise InvalidInput(f"importance {value!r} is out of range: use a whole number from 0 to 10")
-    return value
-
-
-def _limit(value: int, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidInput(f"limit {value!r} is out of range: use a whole number from 1 to {maximum}")
-    return value
-
-
-def _tags(tags: list[str] | None) -> list[str]:
-    if tags is None:
-        return []
-    if isinstance(tags, str) or not isinstance(tags, list):
-        raise InvalidInput("tags must be a list of short strings, e.g. [\"db\", \"deploy\"]")
-    out: dict[str, None] = {}
-    for tag in tags:
-        if not isinstance(tag, str):
-            raise InvalidInput(f"tag {tag!r} is not a string; tags are short strings")
-        clean = " ".join(_clean_text(tag).split())
-        if len(clean) > MAX_TAG_CHARS:
-            raise InvalidInput(f"tag {clean[:20]!r}… is {len(clean)} characters; the limit is {MAX_TAG_CHARS}")
-        if clean:
-            out.setdefault(clean, None)
-    if len(out) > MAX_TAGS:
-        raise InvalidInput(f"{len(out)} tags given; the limit is {MAX_TAGS}")
-    return list(out)
-
-
-def _metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict):
-        raise InvalidInput(f"metadata must be a JSON object such as {{\"source\": \"pr-42\"}}, "
-                           f"not {type(metadata).__name__}")
-    try:
-        encoded = json.dumps(metadata, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"metadata cannot be stored as JSON: {exc}") from None
-    if "\\u0000" in encoded:
-        raise InvalidInput("metadata contains NUL characters (\\u0000); remove them")
-    if len(encoded.encode("utf-8")) > MAX_METADATA_BYTES:
-        raise InvalidInput(f"metadata is {_kib(len(encoded.encode()))} as JSON; the limit is "
-                           f"{_kib(MAX_METADATA_BYTES)}: keep large text in content")
-    parsed: dict[str, Any] = json.loads(encoded)
-    return parsed
-
-
-def _expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
-    when = _aware(expires_at)
-    if when is not None and when <= now:
-        raise InvalidInput(f"expires_at {when.isoformat()} is in the past; give a future time "
-                           "(ISO 8601, e.g. 2030-01-31T00:00:00Z) or leave it out")
-    return when
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """Naive datetimes are taken as UTC."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _kib(size: int) -> str:
-    return f"{size / 1024:.0f} KiB" if size >= 1024 else f"{size} bytes"

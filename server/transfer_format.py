@@ -239,7 +239,7 @@ def is_mcp_graph(obj: dict[str, Any]) -> bool:
 def mcp_memory(obj: dict[str, Any], number: int, where: str, owner: Owner) -> Row:
     """An entity ("Alice (person)" and its observations) or a relation ("Alice works_at Acme") as a memory;
     the original record is kept whole in metadata.mcp_memory."""
-    from server.service import content_hash
+    from server.rules import content_hash
 
     at = f"line {number} of {where}"
     if obj.get("type") == "entity":
