@@ -40,42 +40,57 @@ class Header:
 # ---- values, records and checksums -------------------------------------------------------------------
 
 
-def plain(column: Column, value: Any) -> Any:
-    """A column's value as it appears in a file: timestamps as ISO 8601 UTC with microseconds, vectors as
-    base64 of little-endian float32s, JSON as itself."""
-    if value is None:
-        return None
-    if column.type == "ts":
-        return value.astimezone(UTC).isoformat(timespec="microseconds")
-    if column.type == "vector":
-        return base64.b64encode(value).decode("ascii")
-    return value
+# Built once: json.dumps with options builds a new encoder on every call, a measurable share of an export.
+_RECORD = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+Layout = tuple[tuple[tuple[str, str], ...], tuple[str, ...], tuple[tuple[str, str], ...]]
+_LAYOUTS: dict[str, Layout] = {}
+
+
+def _layout(kind: Kind) -> Layout:
+    """(name, type) of the columns written as JSON, the vector columns appended after them, and the
+    (name, type) of the columns a checksum covers. Kept by the kind's name: hashing the Kind itself (a
+    frozen dataclass of columns) on every row cost more than the work this saves."""
+    layout = _LAYOUTS.get(kind.name)
+    if layout is None:
+        layout = _LAYOUTS[kind.name] = (
+            tuple((c.name, c.type) for c in kind.columns if c.type != "vector"),
+            tuple(c.name for c in kind.columns if c.type == "vector"),
+            tuple((c.name, c.type) for c in kind.columns if c.name not in kind.unverified))
+    return layout
 
 
 def encode(kind: Kind, row: Row) -> str:
-    record = {"type": kind.name, **{c.name: plain(c, row[c.name]) for c in kind.columns if c.type != "vector"}}
-    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-    for c in kind.columns:  # base64 needs no escaping: appended as it is, rather than scanned by the encoder
-        if c.type == "vector":
-            value = plain(c, row[c.name])
-            text = text[:-1] + f',"{c.name}":' + (f'"{value}"}}' if value is not None else "null}")
+    fields, vectors, _ = _layout(kind)
+    record: dict[str, Any] = {"type": kind.name}
+    for name, type_ in fields:
+        value = row[name]
+        record[name] = value.astimezone(UTC).isoformat(timespec="microseconds") if (
+            type_ == "ts" and value is not None) else value
+    text = _RECORD.encode(record)
+    for name in vectors:  # base64 needs no escaping: appended as it is, rather than scanned by the encoder
+        value = row[name]
+        text = text[:-1] + f',"{name}":' + (
+            f'"{base64.b64encode(value).decode("ascii")}"}}' if value is not None else "null}")
     return text
 
 
 def digest(kind: Kind, row: Row) -> int:
     """A row's fingerprint: the same on any backend for the same content. Checksums add them up, so a
     checksum does not depend on the order rows are read in."""
-    values = [_fingerprint(c, row[c.name]) for c in kind.columns if c.name not in kind.unverified]
-    text = json.dumps(values, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    values = [_fingerprint(type_, row[name]) for name, type_ in _layout(kind)[2]]
+    text = _CANONICAL.encode(values)
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[: SUM_BITS // 8], "big")
 
 
-def _fingerprint(column: Column, value: Any) -> Any:
+def _fingerprint(type_: str, value: Any) -> Any:
     if value is None:
         return None
-    if column.type == "vector":  # hashed as it is, which is much cheaper than as base64 text
+    if type_ == "vector":  # hashed as it is, which is much cheaper than as base64 text
         return hashlib.sha256(value).hexdigest()
-    if column.type == "ts":
+    if type_ == "ts":
         return value.isoformat()
     return value
 
