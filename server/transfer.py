@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from server.storage.kinds import TransferReader, TransferWriter
 
 Progress = Callable[[int, int], None]
-BATCH = TRANSFER_BATCH
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class Options:
     into: str | None = None  # the target workspace the moved workspace (or ~local) becomes
     reembed: bool = False
     project: str | None = None  # for converted MCP memory records
-    batch: int = BATCH
+    batch: int = TRANSFER_BATCH
 
 
 # ---- checks shared by every operation ----------------------------------------------------------------
@@ -226,7 +225,7 @@ async def migrate(source: Settings, target: Settings, opts: Options, progress: P
     return report
 
 
-async def survey(snap: TransferReader, model: str | None, batch: int = BATCH) -> dict[str, Tally]:
+async def survey(snap: TransferReader, model: str | None, batch: int = TRANSFER_BATCH) -> dict[str, Tally]:
     """Counts and checksums of everything in a database, read inside one of its snapshots."""
     from server.transfer_format import digest
 
@@ -278,7 +277,7 @@ async def _finish(writer: TransferWriter | None, adopt: tuple[str, int] | None, 
 
 
 async def export(settings: Settings, out: Path | IO[str], workspace: str | None = None,
-                 progress: Progress = _no_progress, batch: int = BATCH) -> Report:
+                 progress: Progress = _no_progress, batch: int = TRANSFER_BATCH) -> Report:
     """Write the database (or one workspace) to a JSON Lines file, streaming: memory use does not grow."""
     from server import __version__
     from server.transfer_format import digest
@@ -367,7 +366,7 @@ async def command(settings: Settings, args: argparse.Namespace, progress: Progre
     opts = Options(policy=getattr(args, "on_conflict", "skip"), dry_run=getattr(args, "dry_run", False),
                    workspace=getattr(args, "workspace", None), user=getattr(args, "user", None),
                    into=getattr(args, "into", None), reembed=getattr(args, "reembed", False),
-                   project=project or detect_project(Path.cwd()), batch=getattr(args, "batch", BATCH))
+                   project=project or detect_project(Path.cwd()), batch=getattr(args, "batch", TRANSFER_BATCH))
     if args.command == "migrate":
         other = replace(Settings.load(env=settings.env, db=args.to_db), log_level=settings.log_level)
         return await migrate(Settings.load(env=settings.env, db=args.from_db), other, opts, progress)

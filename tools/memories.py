@@ -21,7 +21,7 @@ from server.models import (
     StoreResult,
     Visibility,
 )
-from server.service import MemoryService
+from server.service import MAX_BATCH, MemoryService
 from tools import caller, service, spec
 
 Svc = Annotated[MemoryService, Resolve(service)]
@@ -66,7 +66,8 @@ async def store_memory(
 @spec("Store several memories", read_only=False)
 async def store_memories(
     memories: Annotated[list[MemoryInput], Field(
-        min_length=1, max_length=100, description="1-100 memories, each with the fields of store_memory.")],
+        min_length=1, max_length=MAX_BATCH,
+        description=f"1-{MAX_BATCH} memories, each with the fields of store_memory.")],
     svc: Svc,
     who: Who,
 ) -> StoreManyResult:

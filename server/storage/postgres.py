@@ -242,21 +242,7 @@ class PostgresStore:
     # ---- memories -------------------------------------------------------------------------------------
 
     async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
-        params = new.model_dump()
-        params.update(tags=Jsonb(new.tags), metadata=Jsonb(new.metadata))
-        params["dedup_owner"] = new.dedup_owner
-        async with self._as(new.updated_by) as conn:
-            for _ in range(ADD_ATTEMPTS):
-                # ON CONFLICT makes two concurrent adds of one text insert once; the loser reads the winner.
-                cur = await conn.execute(Q["insert_memory"], params)
-                row = await cur.fetchone()
-                if row is not None:
-                    return _memory(row), True
-                cur = await conn.execute(Q["find_duplicate"], params)
-                existing = await cur.fetchone()
-                if existing is not None:
-                    return _memory(existing), False
-        raise StorageUnavailable("the memory kept colliding with concurrent changes to the same content; retry")
+        return (await self.add_memories([new]))[0]
 
     async def add_memories(self, news: list[NewMemory]) -> list[tuple[Memory, bool]]:
         if not news:
@@ -264,25 +250,8 @@ class PostgresStore:
         editors = {new.updated_by for new in news}
         if len(editors) > 1:
             raise ValueError("add_memories takes one caller's memories")
-        added: list[tuple[Memory, bool]] = []
         async with self._as(editors.pop()) as conn:
-            for new in news:
-                params = new.model_dump()
-                params.update(tags=Jsonb(new.tags), metadata=Jsonb(new.metadata), dedup_owner=new.dedup_owner)
-                cur = await conn.execute(Q["insert_memory"], params)
-                row = await cur.fetchone()
-                if row is None:
-                    # A duplicate already committed (or given earlier in this batch). One committed by a
-                    # concurrent transaction and deleted since is invisible here: fail the batch, retryable.
-                    cur = await conn.execute(Q["find_duplicate"], params)
-                    existing = await cur.fetchone()
-                    if existing is None:
-                        raise StorageUnavailable("a memory of the batch collided with a concurrent change to "
-                                                 "the same content; nothing was stored, retry")
-                    added.append((_memory(existing), False))
-                else:
-                    added.append((_memory(row), True))
-        return added
+            return [await _insert_or_find(conn, new) for new in news]
 
     async def get_memory(self, memory_id: str, access: Access) -> Memory | None:
         rows = await self._fetch_as(access.user_id, "get_memory", {"id": memory_id, **_access(access)})
@@ -485,6 +454,25 @@ def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, 
 def _json_value(value: Any) -> Any:
     """jsonb arrives parsed, or as text from the search queries (parsed here, only for shown hits)."""
     return json.loads(value) if isinstance(value, str) else value
+
+
+async def _insert_or_find(conn: Conn, new: NewMemory) -> tuple[Memory, bool]:
+    """Insert the memory, or find the live one with the same content (created=False). ON CONFLICT makes two
+    concurrent adds of one text insert once; the loser reads the winner, and if that was deleted meanwhile,
+    tries again."""
+    params = new.model_dump()
+    params.update(tags=Jsonb(new.tags), metadata=Jsonb(new.metadata), dedup_owner=new.dedup_owner)
+    for _ in range(ADD_ATTEMPTS):
+        cur = await conn.execute(Q["insert_memory"], params)
+        row = await cur.fetchone()
+        if row is not None:
+            return _memory(row), True
+        cur = await conn.execute(Q["find_duplicate"], params)
+        existing = await cur.fetchone()
+        if existing is not None:
+            return _memory(existing), False
+    raise StorageUnavailable("the memory kept colliding with concurrent changes to the same content; nothing "
+                             "was stored, retry")
 
 
 def _memory(row: DictRow) -> Memory:

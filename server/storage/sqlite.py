@@ -192,35 +192,23 @@ class SQLiteStore:
     # ---- memories -------------------------------------------------------------------------------------
 
     async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
-        params = _new_params(new)
-        # One statement, so it is atomic without an explicit transaction: one trip to the driver thread.
+        # Autocommit: the insert is atomic on its own, with no BEGIN and COMMIT to send.
         async with self._statement() as db:
-            rows = await db.execute_fetchall(Q["insert_memory"], params)
-        row = next(iter(rows), None)
-        if row is not None:
-            return _memory(row), True
-        rows = await self._fetch("find_duplicate", params)
-        if not rows:  # the duplicate was deleted in between: store it after all
-            return await self.add_memory(new)
-        return _memory(rows[0]), False
+            found = await _insert_or_find(db, _new_params(new))
+        # None: another process deleted the duplicate between the two statements; store it after all.
+        return found if found is not None else await self.add_memory(new)
 
     async def add_memories(self, news: list[NewMemory]) -> list[tuple[Memory, bool]]:
         added: list[tuple[Memory, bool]] = []
         # One transaction: nothing can delete a duplicate found here before the batch commits.
         async with self._write() as db:
             for new in news:
-                params = _new_params(new)
                 with _translated(self.path):
-                    row = next(iter(await db.execute_fetchall(Q["insert_memory"], params)), None)
-                if row is not None:
-                    added.append((_memory(row), True))
-                    continue
-                with _translated(self.path):
-                    existing = next(iter(await db.execute_fetchall(Q["find_duplicate"], params)), None)
-                if existing is None:  # cannot happen inside the write lock; refuse rather than guess
+                    found = await _insert_or_find(db, _new_params(new))
+                if found is None:  # cannot happen inside the write transaction; refuse rather than guess
                     raise StorageUnavailable("a memory of the batch was neither stored nor found as a "
                                              "duplicate; nothing was stored, retry")
-                added.append((_memory(existing), False))
+                added.append(found)
         return added
 
     async def get_memory(self, memory_id: str, access: Access) -> Memory | None:
@@ -484,6 +472,15 @@ def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, 
         "metadata": _json(patch.metadata if patch.metadata is not None else current.metadata),
         "expires_at": ts(expires),
     }
+
+
+async def _insert_or_find(db: aiosqlite.Connection, params: dict[str, Any]) -> tuple[Memory, bool] | None:
+    """Insert the memory, or find the live one with the same content (created=False); None if neither."""
+    row = next(iter(await db.execute_fetchall(Q["insert_memory"], params)), None)
+    if row is not None:
+        return _memory(row), True
+    existing = next(iter(await db.execute_fetchall(Q["find_duplicate"], params)), None)
+    return None if existing is None else (_memory(existing), False)
 
 
 def _new_params(new: NewMemory) -> dict[str, Any]:
