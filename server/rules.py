@@ -56,10 +56,15 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
+def checked_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    """value, if it is one of choices (a kind, a task status...); else an error listing them."""
+    if value not in choices:
+        raise InvalidInput(f"{what} {value!r} is not one of: {', '.join(choices)}")
+    return value
+
+
 def checked_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise InvalidInput(f"kind {kind!r} is not one of: {', '.join(KINDS)}")
-    return kind
+    return checked_choice("kind", kind, KINDS)
 
 
 def checked_importance(value: int) -> int:

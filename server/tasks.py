@@ -15,6 +15,7 @@ from server.accounts import LOCAL, AccountStore, Caller
 from server.errors import InvalidInput, NotFound, PermissionDenied
 from server.ids import check_id, new_id
 from server.models import Access
+from server.rules import checked_choice
 from server.service import ALL_WORKSPACES, Scope
 from server.storage.base import Storage
 
@@ -329,15 +330,11 @@ def _title(title: str) -> str:
 
 
 def _status(status: str) -> str:
-    if status not in STATUSES:
-        raise InvalidInput(f"status {status!r} is not one of: {', '.join(STATUSES)}")
-    return status
+    return checked_choice("status", status, STATUSES)
 
 
 def _priority(priority: str) -> str:
-    if priority not in PRIORITIES:
-        raise InvalidInput(f"priority {priority!r} is not one of: {', '.join(PRIORITIES)}")
-    return priority
+    return checked_choice("priority", priority, PRIORITIES)
 
 
 def _assignee(assignee: str | None) -> str | None:
