@@ -181,6 +181,40 @@ async def test_a_filtered_search_finds_matches_ranked_below_many_others(svc: Mem
     assert len((await svc.search("alpha", limit=100)).results) == 81
 
 
+async def analyze(svc: MemoryService) -> None:
+    """ANALYZE memories now, as autovacuum would, and have the store read the word counts again."""
+    import psycopg
+
+    from server.storage.postgres import COMMON_WORDS_TTL, PostgresStore
+
+    store = svc.storage
+    assert isinstance(store, PostgresStore)
+    async with await psycopg.AsyncConnection.connect(store.url, autocommit=True) as conn:
+        await conn.execute("ANALYZE memories")
+    store._common_words = (-COMMON_WORDS_TTL, [])
+
+
+async def test_an_old_memory_with_a_rare_word_is_found_behind_many_newer_matches_of_a_common_one(
+        svc: MemoryService) -> None:
+    """Keyword search ranks the newest 1,000 matches of a query, and every match of its rare words. Before,
+    an OR with a common word filled that window with newer memories, and the only memory that had the
+    rare word (and the common one) was never even ranked."""
+    both = await svc.store("The zanzibar cluster tests run nightly")
+    rare_only = await svc.store("Zanzibar is the codename of the staging cluster")
+    for batch in range(11):  # 1,100 newer memories with the common word
+        await svc.store_many([MemoryInput(content=f"flaky tests in module {batch}-{i} need retries")
+                              for i in range(100)])
+    result = await svc.search("zanzibar tests", limit=5, mode="keyword")
+    assert result.results[0].id == both.id, [h.content for h in result.results]
+    # How rare a word is lifts a memory with only the rare word above those with only the common one:
+    # BM25's IDF on SQLite; on PostgreSQL, the word counts of ANALYZE (which autovacuum runs).
+    if svc.storage.backend == "postgres":
+        await analyze(svc)
+    result = await svc.search("zanzibar tests", limit=5, mode="keyword")
+    assert [h.id for h in result.results[:2]] == [both.id, rare_only.id], [h.content for h in result.results]
+    assert {h.id for h in (await svc.search("zanzibar", mode="keyword")).results} == {both.id, rare_only.id}
+
+
 HOSTILE_QUERIES = [
     '"unbalanced quote', "(parens (nested", "wild*card*", "-negated -terms", "NEAR(a b, 3)", "a AND OR NOT b",
     "col:umn", "^caret", "'; DROP TABLE memories; --", "{curly} [square]", "emoji 🚀🔥 only", "🚀",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -44,6 +45,8 @@ AttemptWithBackoff.DELAY_BACKOFF = 1.0
 # Any constant works, as long as every StackMemory process uses the same one ("STACKMEM" in ASCII).
 MIGRATION_LOCK_KEY = 0x535441434B4D454D
 KEYWORD_POOL = 1000  # ranked candidates per keyword search; see queries.sql
+COMMON_WORD_ROWS = 1000  # a word in fewer memories than this is rare: all its matches are ranked
+COMMON_WORDS_TTL = 300.0  # seconds between reads of the common words (they change when ANALYZE runs)
 CACHE_MAX_ROWS = 50_000  # bound on the shared cache; trimmed every CACHE_TRIM_EVERY writes per process
 CACHE_TRIM_EVERY = 200
 # A live duplicate can be tombstoned between our INSERT ... DO NOTHING and the SELECT that follows.
@@ -62,6 +65,7 @@ class PostgresStore:
         self.min_size = min(min_size, max_size)
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._cache_puts = 0
+        self._common_words: tuple[float, list[str]] = (-COMMON_WORDS_TTL, [])
 
     @property
     def location(self) -> str:
@@ -312,8 +316,18 @@ class PostgresStore:
         # The terms are plain words, so "a or b" in web-search syntax is exactly "any of them".
         query = " or ".join(terms)
         rows = await self._fetch_as(where.user_id, "search_keyword",
-                                    {**_filter(where), "limit": limit, "q": query, "pool": KEYWORD_POOL})
+                                    {**_filter(where), "limit": limit, "q": query, "pool": KEYWORD_POOL,
+                                     "common": await self._common()})
         return [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r)) for r in rows]
+
+    async def _common(self) -> list[str]:
+        """The lexemes ANALYZE found in COMMON_WORD_ROWS memories or more, read at most every few minutes.
+        Before the first ANALYZE there are none, and every word of a query counts as rare."""
+        read_at, words = self._common_words
+        if time.monotonic() - read_at >= COMMON_WORDS_TTL:
+            words = [r["word"] for r in await self._fetch("common_words", {"min_rows": COMMON_WORD_ROWS})]
+            self._common_words = (time.monotonic(), words)
+        return words
 
     # ---- vectors and settings -------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ BUSY_TIMEOUT_MS = 5000
 BEGIN_ATTEMPTS = 8
 OPEN_ATTEMPTS = 5
 KEYWORD_RECENT = 1000  # keyword search ranks this many of the newest matches; see queries.sql
+KEYWORD_RARE = 1000  # ... and every match of a word fewer memories than this contain
 
 
 def ts(value: datetime | None) -> str | None:
@@ -273,9 +274,10 @@ class SQLiteStore:
         if not terms:
             return []
         # Each term is quoted as an FTS5 string, so no user text is ever parsed as query syntax.
-        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        phrases = ['"' + t.replace('"', '""') + '"' for t in terms]
         pool = limit + 40  # FTS-ranked candidates joined and filtered; the rest only if filters need them
-        params = {**_filter(where), "limit": limit, "match": match, "pool": pool, "recent": KEYWORD_RECENT}
+        params = {**_filter(where), "limit": limit, "match": " OR ".join(phrases), "pool": pool,
+                  "recent": KEYWORD_RECENT, "phrases": _json(phrases), "rare": KEYWORD_RARE}
         rows = await self._fetch("search_keyword", params)
         if len(rows) < limit and (not rows or rows[0]["pooled"] == pool):
             rows = await self._fetch("search_keyword_all", params)

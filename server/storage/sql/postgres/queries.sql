@@ -152,29 +152,65 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
 -- Only the %(pool)s most recent matches are ranked: an OR of common words can match a large share of the
 -- table, and reading and ranking every match is what made this query slow (31 ms vs 3 ms at 100k rows).
 -- The planner walks the id index newest-first for common words and uses the GIN index for rare ones.
+-- Matches of the query's rare words (those not in %(common)s, see stackmemory_common_words) older than
+-- that are ranked too, through the GIN index, so a rare word is never drowned out by newer matches of a
+-- common one. When the recent part holds fewer than %(pool)s rows it holds every match, and the rare
+-- part adds nothing. ts_rank knows nothing of how rare a word is (BM25, on SQLite, does), so the rare
+-- words' share is counted twice: a memory that has the rare word outranks one with only the common word.
+-- Only ids and the tsvector are carried through the ranking; the page's rows are read at the end.
 -- visible_memories, not memories: under row-level security the GIN index cannot serve @@ (migration 0009).
 -- tags and metadata come back as text: most candidates are never shown, so they are parsed only when needed.
+WITH recent AS (
+    SELECT id, search FROM visible_memories
+     WHERE search @@ websearch_to_tsquery('english', %(q)s)
+       AND deleted_at IS NULL
+       AND (%(project)s::text IS NULL OR project = %(project)s::text)
+       AND (%(kinds)s::text[] IS NULL OR kind = ANY (%(kinds)s::text[]))
+       AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
+       AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+       AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+       AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
+       AND workspace_id = ANY (%(workspaces)s::text[])
+       AND (visibility = 'team' OR created_by = %(user_id)s::text)
+     ORDER BY id DESC
+     LIMIT %(pool)s
+), rare AS (
+    SELECT string_agg('''' || replace(replace(w.lexeme, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery
+           AS query
+      FROM unnest(tsvector_to_array(to_tsvector('english', %(q)s))) AS w (lexeme)
+     WHERE w.lexeme <> ALL (%(common)s::text[])
+), older AS (
+    SELECT id, search FROM visible_memories
+     WHERE search @@ (SELECT query FROM rare)
+       AND (SELECT count(*) FROM recent) = %(pool)s
+       AND id < (SELECT min(id) FROM recent)
+       AND deleted_at IS NULL
+       AND (%(project)s::text IS NULL OR project = %(project)s::text)
+       AND (%(kinds)s::text[] IS NULL OR kind = ANY (%(kinds)s::text[]))
+       AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
+       AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+       AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+       AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
+       AND workspace_id = ANY (%(workspaces)s::text[])
+       AND (visibility = 'team' OR created_by = %(user_id)s::text)
+     ORDER BY id DESC
+     LIMIT %(pool)s
+), ranked AS (
+    SELECT c.id, ts_rank(c.search, websearch_to_tsquery('english', %(q)s))
+                 + coalesce(ts_rank(c.search, (SELECT query FROM rare)), 0) AS score
+      FROM (SELECT * FROM recent UNION ALL SELECT * FROM older) AS c
+     ORDER BY score DESC, c.id DESC
+     LIMIT %(limit)s
+)
 SELECT m.id, m.content, m.content_hash, m.kind, m.tags::text AS tags, m.project, m.importance,
        m.metadata::text AS metadata, m.author,
        m.created_at, m.updated_at, m.expires_at, m.version, m.deleted_at, m.workspace_id, m.visibility,
-       m.created_by, m.updated_by,
-       ts_rank(m.search, q.query) AS score
-  FROM (SELECT * FROM visible_memories
-         WHERE search @@ websearch_to_tsquery('english', %(q)s)
-           AND deleted_at IS NULL
-           AND (%(project)s::text IS NULL OR project = %(project)s::text)
-           AND (%(kinds)s::text[] IS NULL OR kind = ANY (%(kinds)s::text[]))
-           AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
-           AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-           AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
-           AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
-           AND workspace_id = ANY (%(workspaces)s::text[])
-           AND (visibility = 'team' OR created_by = %(user_id)s::text)
-         ORDER BY id DESC
-         LIMIT %(pool)s) AS m,
-       websearch_to_tsquery('english', %(q)s) AS q (query)
- ORDER BY score DESC, m.id DESC
- LIMIT %(limit)s;
+       m.created_by, m.updated_by, r.score
+  FROM ranked AS r JOIN visible_memories AS m ON m.id = r.id
+ ORDER BY r.score DESC, m.id DESC;
+
+-- name: common_words
+SELECT stackmemory_common_words(%(min_rows)s) AS word;
 
 -- name: stats
 -- Counts of what the caller can see (row-level security would hide the rest anyway).

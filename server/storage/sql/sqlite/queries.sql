@@ -81,15 +81,27 @@ SELECT * FROM memories
 -- name: search_keyword
 -- Only the :recent newest matches are ranked (as on PostgreSQL): the FTS index finds the rowid of the
 -- :recent-th newest match cheaply, and BM25 then scores rows from there on; scoring every match of
--- common words was what made a 100k-row search take 10 ms instead of 2. The best :pool of those are
--- joined and filtered; when filters reject too many, the adapter re-runs search_keyword_all.
-WITH floor AS (
+-- common words was what made a 100k-row search take 10 ms instead of 2. Matches of the query's rare
+-- words (:phrases, a JSON list, that fewer than :rare memories contain; counting stops there) older than
+-- that are ranked too, so a rare word is never drowned out by newer matches of a common one. BM25 is a
+-- sum over the query's words, so their score is the part their rare words earn: the same scale, without
+-- the common words' share. The best :pool are joined and filtered; when filters reject too many, the
+-- adapter re-runs search_keyword_all.
+WITH rare AS MATERIALIZED (
+    SELECT group_concat(j.value, ' OR ') AS match FROM json_each(:phrases) AS j
+     WHERE (SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH j.value LIMIT :rare)) < :rare
+),
+floor AS (
     SELECT coalesce(min(rowid), 0) AS lo FROM (
         SELECT rowid FROM memories_fts WHERE memories_fts MATCH :match ORDER BY rowid DESC LIMIT :recent)
 ),
 top AS (
     SELECT rowid, bm25(memories_fts, 1.0, 0.5) AS rank FROM memories_fts
      WHERE memories_fts MATCH :match AND rowid >= (SELECT lo FROM floor)
+    UNION ALL
+    SELECT rowid, bm25(memories_fts, 1.0, 0.5) AS rank FROM memories_fts
+     WHERE memories_fts MATCH coalesce((SELECT match FROM rare), :match)  -- no rare word: an empty range
+       AND rowid < (SELECT CASE WHEN match IS NULL THEN 0 ELSE (SELECT lo FROM floor) END FROM rare)
      ORDER BY rank LIMIT :pool
 )
 SELECT m.*, -top.rank AS score, (SELECT count(*) FROM top) AS pooled
