@@ -65,7 +65,7 @@ async def test_keyword_search_uses_the_full_text_index_under_row_level_security(
     bulk_load(pg_url, vectors=False, analyze=True)
     params = {"q": "zeppelin", "pool": 100, "limit": 10, "project": None, "kinds": None, "tags": None,
               "since": None, "until": None, "now": "2026-01-01T00:00:00Z", "workspaces": [LOCAL_WORKSPACE_ID],
-              "user_id": LOCAL_USER_ID, "common": ["deploy", "cach", "queue"]}
+              "user_id": LOCAL_USER_ID, "common": ["deploy", "cach", "queue"], "rare": 1000}
     shown = plan(pg_url, "search_keyword", params, as_app=True)
     # On `memories` itself the policy runs before the non-leakproof @@, so the GIN index went unused and
     # every search read the whole table; the view lets the planner take the index (migration 0009).
@@ -76,7 +76,7 @@ async def test_keyword_search_uses_the_full_text_index_under_row_level_security(
 async def test_words_in_many_memories_are_common_and_an_old_rare_match_is_still_ranked_first(
         store: PostgresStore, pg_url: str) -> None:
     """ANALYZE's statistics say which words are common (here 'deploy', in 2,970 of 3,000 memories) and
-    which are rare ('zeppelin', in 30). The oldest zeppelin memory lies behind the newest 1,000 'deploy'
+    which are rare ('zeppelin', in 30). The oldest zeppelin memory lies behind the newest 300 'deploy'
     matches, yet it is ranked, and a memory with the rare word outranks those with only the common one."""
     bulk_load(pg_url, vectors=False, analyze=True)
     common = await store._common()
@@ -85,7 +85,7 @@ async def test_words_in_many_memories_are_common_and_an_old_rare_match_is_still_
     hits = await store.search_keyword(["zeppelin", "deploy"], where, 40)
     contents = [h.memory.content for h in hits]
     assert all("zeppelin" in c for c in contents[:30]) and len({*contents[:30]}) == 30, contents
-    assert "the zeppelin hangar 100" in contents  # the oldest: id 100 of 3,000, behind 1,000 newer matches
+    assert "the zeppelin hangar 100" in contents  # the oldest: id 100 of 3,000, behind 2,900 newer matches
     assert "zeppelin" not in contents[30]
 
 

@@ -196,7 +196,7 @@ async def analyze(svc: MemoryService) -> None:
 
 async def test_an_old_memory_with_a_rare_word_is_found_behind_many_newer_matches_of_a_common_one(
         svc: MemoryService) -> None:
-    """Keyword search ranks the newest 1,000 matches of a query, and every match of its rare words. Before,
+    """Keyword search ranks the newest 300 matches of a query, and every match of its rare words. Before,
     an OR with a common word filled that window with newer memories, and the only memory that had the
     rare word (and the common one) was never even ranked."""
     both = await svc.store("The zanzibar cluster tests run nightly")

@@ -44,7 +44,7 @@ Q = migrations.queries("postgres")
 AttemptWithBackoff.DELAY_BACKOFF = 1.0
 # Any constant works, as long as every StackMemory process uses the same one ("STACKMEM" in ASCII).
 MIGRATION_LOCK_KEY = 0x535441434B4D454D
-KEYWORD_POOL = 1000  # ranked candidates per keyword search; see queries.sql
+KEYWORD_POOL = 300  # the newest matches ranked per keyword search (with all matches of rare words); see queries.sql
 COMMON_WORD_ROWS = 1000  # a word in fewer memories than this is rare: all its matches are ranked
 COMMON_WORDS_TTL = 300.0  # seconds between reads of the common words (they change when ANALYZE runs)
 CACHE_MAX_ROWS = 50_000  # bound on the shared cache; trimmed every CACHE_TRIM_EVERY writes per process
@@ -317,7 +317,7 @@ class PostgresStore:
         query = " or ".join(terms)
         rows = await self._fetch_as(where.user_id, "search_keyword",
                                     {**_filter(where), "limit": limit, "q": query, "pool": KEYWORD_POOL,
-                                     "common": await self._common()})
+                                     "common": await self._common(), "rare": COMMON_WORD_ROWS})
         return [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r)) for r in rows]
 
     async def _common(self) -> list[str]:

@@ -39,7 +39,7 @@ BUSY_TIMEOUT_MS = 5000
 # so two servers on one file never surface "database is locked" under ordinary contention.
 BEGIN_ATTEMPTS = 8
 OPEN_ATTEMPTS = 5
-KEYWORD_RECENT = 1000  # keyword search ranks this many of the newest matches; see queries.sql
+KEYWORD_RECENT = 300  # keyword search ranks this many of the newest matches; see queries.sql
 KEYWORD_RARE = 1000  # ... and every match of a word fewer memories than this contain
 
 

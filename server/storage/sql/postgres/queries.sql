@@ -153,8 +153,8 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
 -- table, and reading and ranking every match is what made this query slow (31 ms vs 3 ms at 100k rows).
 -- The planner walks the id index newest-first for common words and uses the GIN index for rare ones.
 -- Matches of the query's rare words (those not in %(common)s, see stackmemory_common_words) older than
--- that are ranked too, through the GIN index, so a rare word is never drowned out by newer matches of a
--- common one. When the recent part holds fewer than %(pool)s rows it holds every match, and the rare
+-- that are ranked too (up to %(rare)s, what a rare word has at most), through the GIN index, so a rare
+-- word is never drowned out by newer matches of a common one. When the recent part holds fewer than %(pool)s rows it holds every match, and the rare
 -- part adds nothing. ts_rank knows nothing of how rare a word is (BM25, on SQLite, does), so the rare
 -- words' share is counted twice: a memory that has the rare word outranks one with only the common word.
 -- Only ids and the tsvector are carried through the ranking; the page's rows are read at the end.
@@ -194,7 +194,7 @@ WITH recent AS (
        AND workspace_id = ANY (%(workspaces)s::text[])
        AND (visibility = 'team' OR created_by = %(user_id)s::text)
      ORDER BY id DESC
-     LIMIT %(pool)s
+     LIMIT %(rare)s
 ), ranked AS (
     SELECT c.id, ts_rank(c.search, websearch_to_tsquery('english', %(q)s))
                  + coalesce(ts_rank(c.search, (SELECT query FROM rare)), 0) AS score
