@@ -160,10 +160,9 @@ SELECT id, content, content_hash, kind, tags, project, importance, metadata, aut
 -- Only ids and the tsvector are carried through the ranking; the page's rows are read at the end.
 -- visible_memories, not memories: under row-level security the GIN index cannot serve @@ (migration 0009).
 -- tags and metadata come back as text: most candidates are never shown, so they are parsed only when needed.
-WITH recent AS (
+WITH mine AS NOT MATERIALIZED (  -- inlined into each use below, so each is planned with its own limit
     SELECT id, search FROM visible_memories
-     WHERE search @@ websearch_to_tsquery('english', %(q)s)
-       AND deleted_at IS NULL
+     WHERE deleted_at IS NULL
        AND (%(project)s::text IS NULL OR project = %(project)s::text)
        AND (%(kinds)s::text[] IS NULL OR kind = ANY (%(kinds)s::text[]))
        AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
@@ -172,6 +171,9 @@ WITH recent AS (
        AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
        AND workspace_id = ANY (%(workspaces)s::text[])
        AND (visibility = 'team' OR created_by = %(user_id)s::text)
+), recent AS (
+    SELECT id, search FROM mine
+     WHERE search @@ websearch_to_tsquery('english', %(q)s)
      ORDER BY id DESC
      LIMIT %(pool)s
 ), rare AS (
@@ -180,19 +182,10 @@ WITH recent AS (
       FROM unnest(tsvector_to_array(to_tsvector('english', %(q)s))) AS w (lexeme)
      WHERE w.lexeme <> ALL (%(common)s::text[])
 ), older AS (
-    SELECT id, search FROM visible_memories
+    SELECT id, search FROM mine
      WHERE search @@ (SELECT query FROM rare)
        AND (SELECT count(*) FROM recent) = %(pool)s
        AND id < (SELECT min(id) FROM recent)
-       AND deleted_at IS NULL
-       AND (%(project)s::text IS NULL OR project = %(project)s::text)
-       AND (%(kinds)s::text[] IS NULL OR kind = ANY (%(kinds)s::text[]))
-       AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
-       AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-       AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
-       AND (expires_at IS NULL OR expires_at > %(now)s::timestamptz)
-       AND workspace_id = ANY (%(workspaces)s::text[])
-       AND (visibility = 'team' OR created_by = %(user_id)s::text)
      ORDER BY id DESC
      LIMIT %(rare)s
 ), ranked AS (
