@@ -341,7 +341,8 @@ async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tup
 
     from server.search_text import search_terms
     from server.storage import migrations
-    from server.storage.postgres import COMMON_WORD_ROWS, KEYWORD_POOL
+    from server.storage.base import RARE_WORD_MATCHES
+    from server.storage.postgres import KEYWORD_POOL
 
     queries = migrations.queries("postgres")
     sql = queries["search_keyword"]
@@ -351,13 +352,13 @@ async def db_floors(url: str, seconds: float, conns: int, seed: int) -> list[tup
     with psycopg.connect(url) as conn:  # the bench workspace and its owner: whose search this is
         (workspace_id,) = conn.execute("SELECT id FROM workspaces WHERE name = %s", (WORKSPACE,)).fetchone()  # type: ignore[misc]
         (user_id,) = conn.execute("SELECT id FROM users WHERE name = 'bench-owner'").fetchone()  # type: ignore[misc]
-        common = [w for (w,) in conn.execute(queries["common_words"], {"min_rows": COMMON_WORD_ROWS})]
+        common = [w for (w,) in conn.execute(queries["common_words"], {"min_rows": RARE_WORD_MATCHES})]
 
     def search_params() -> dict[str, Any]:
         return {"workspaces": [workspace_id], "user_id": user_id,
                 "project": None, "kinds": None, "tags": None, "since": None, "until": None,
                 "now": datetime.now(UTC), "limit": 10, "q": " or ".join(search_terms(make_query(rng))),
-                "pool": KEYWORD_POOL, "common": common, "rare": COMMON_WORD_ROWS}
+                "pool": KEYWORD_POOL, "common": common, "rare": RARE_WORD_MATCHES}
 
     async def as_caller(conn: Any) -> None:
         """The search as the server runs it: one pipelined transaction, as the app role, for this caller."""

@@ -16,6 +16,9 @@ from server.models import (
     StoreStats,
 )
 
+# Keyword search ranks every match of a word fewer memories than this contain (a rare word), besides the
+# newest matches of the query; both backends draw the line here (see their search_keyword queries).
+RARE_WORD_MATCHES = 1000
 
 class Storage(Protocol):
     """A place memories live. Adapters raise only server.errors exceptions.

@@ -32,6 +32,7 @@ from server.models import (
     StoreStats,
 )
 from server.storage import migrations
+from server.storage.base import RARE_WORD_MATCHES
 
 if TYPE_CHECKING:
     Conn = psycopg.AsyncConnection[DictRow]
@@ -45,7 +46,6 @@ AttemptWithBackoff.DELAY_BACKOFF = 1.0
 # Any constant works, as long as every StackMemory process uses the same one ("STACKMEM" in ASCII).
 MIGRATION_LOCK_KEY = 0x535441434B4D454D
 KEYWORD_POOL = 300  # the newest matches ranked per keyword search (with all matches of rare words); see queries.sql
-COMMON_WORD_ROWS = 1000  # a word in fewer memories than this is rare: all its matches are ranked
 COMMON_WORDS_TTL = 300.0  # seconds between reads of the common words (they change when ANALYZE runs)
 CACHE_MAX_ROWS = 50_000  # bound on the shared cache; trimmed every CACHE_TRIM_EVERY writes per process
 CACHE_TRIM_EVERY = 200
@@ -317,15 +317,15 @@ class PostgresStore:
         query = " or ".join(terms)
         rows = await self._fetch_as(where.user_id, "search_keyword",
                                     {**_filter(where), "limit": limit, "q": query, "pool": KEYWORD_POOL,
-                                     "common": await self._common(), "rare": COMMON_WORD_ROWS})
+                                     "common": await self._common(), "rare": RARE_WORD_MATCHES})
         return [ScoredMemory(r["id"], float(r["score"]), partial(_memory, r)) for r in rows]
 
     async def _common(self) -> list[str]:
-        """The lexemes ANALYZE found in COMMON_WORD_ROWS memories or more, read at most every few minutes.
+        """The lexemes ANALYZE found in RARE_WORD_MATCHES memories or more, read at most every few minutes.
         Before the first ANALYZE there are none, and every word of a query counts as rare."""
         read_at, words = self._common_words
         if time.monotonic() - read_at >= COMMON_WORDS_TTL:
-            words = [r["word"] for r in await self._fetch("common_words", {"min_rows": COMMON_WORD_ROWS})]
+            words = [r["word"] for r in await self._fetch("common_words", {"min_rows": RARE_WORD_MATCHES})]
             self._common_words = (time.monotonic(), words)
         return words
 

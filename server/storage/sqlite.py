@@ -27,6 +27,7 @@ from server.models import (
     StoreStats,
 )
 from server.storage import migrations
+from server.storage.base import RARE_WORD_MATCHES
 from server.storage.vectors import IndexKind, VectorIndex, choose_index, rank_exact, sqlite_vec_path, to_blob
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ BUSY_TIMEOUT_MS = 5000
 BEGIN_ATTEMPTS = 8
 OPEN_ATTEMPTS = 5
 KEYWORD_RECENT = 300  # keyword search ranks this many of the newest matches; see queries.sql
-KEYWORD_RARE = 1000  # ... and every match of a word fewer memories than this contain
 
 
 def ts(value: datetime | None) -> str | None:
@@ -277,7 +277,7 @@ class SQLiteStore:
         phrases = ['"' + t.replace('"', '""') + '"' for t in terms]
         pool = limit + 40  # FTS-ranked candidates joined and filtered; the rest only if filters need them
         params = {**_filter(where), "limit": limit, "match": " OR ".join(phrases), "pool": pool,
-                  "recent": KEYWORD_RECENT, "phrases": _json(phrases), "rare": KEYWORD_RARE}
+                  "recent": KEYWORD_RECENT, "phrases": _json(phrases), "rare": RARE_WORD_MATCHES}
         rows = await self._fetch("search_keyword", params)
         if len(rows) < limit and (not rows or rows[0]["pooled"] == pool):
             rows = await self._fetch("search_keyword_all", params)
