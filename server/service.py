@@ -135,8 +135,8 @@ class MemoryService:
             except StackMemoryError as exc:
                 raise type(exc)(f"memories[{i}]: {exc}; nothing was stored") from exc
         stored = await self.storage.add_memories([new for new, _, _ in built])
-        if any(created for _, created in stored):
-            self._written()
+        if news := sum(created for _, created in stored):
+            self._written(news)
             self._changed()
         results = [StoredItem(id=memory.id, created=created, project=memory.project, kind=memory.kind,
                               workspace=target.workspace, message=_stored_message(memory, created, target, secrets))
@@ -376,10 +376,16 @@ class MemoryService:
             return "keyword", None, f"semantic search is unavailable ({exc}); ran keyword search instead"
         return ("semantic" if mode == "semantic" else "hybrid"), vector, None
 
-    def _written(self) -> None:
-        """Something new waits to be embedded: the cached queue count is stale, and the worker wakes."""
-        self._pending = None
+    def _written(self, memories: int = 1) -> None:
+        """Something new waits to be embedded: the cached queue count grows by it, and the worker wakes."""
+        self._count_pending(memories)
         self.on_write()
+
+    def _count_pending(self, change: int) -> None:
+        """Keep the cached count of memories waiting to be embedded in step with this process's own writes
+        and embeddings, instead of counting the queue again (a query) on the next search."""
+        if self._pending is not None:
+            self._pending = (self._pending[0], max(0, self._pending[1] + change))
 
     def _changed(self) -> None:
         self.on_change()
@@ -388,7 +394,7 @@ class MemoryService:
         if self.jobs is None:
             return None
         # Counting the queue on every search would cost a query each; a second-old count is precise enough
-        # for a note, and this process's own writes reset it at once.
+        # for a note, and this process's own writes and embeddings move it at once (_count_pending).
         now = time.monotonic()
         if self._pending is None or self._pending[0] <= now:
             self._pending = (now + PENDING_NOTE_TTL, (await self.jobs.counts(EMBED)).pending)
@@ -408,7 +414,7 @@ class MemoryService:
             vectors = await self.semantic.embedder.embed_documents([content for _, content in rows])
             await self.storage.put_vectors(self.semantic.model, [(i, v) for (i, _), v in zip(rows, vectors,
                                                                                             strict=True)])
-        self._pending = None  # fewer memories wait now
+        self._count_pending(-len(jobs))  # fewer memories wait now
 
     async def queue_unembedded(self, batch: int = 500) -> int:
         """Queue an 'embed' job for every live memory without a vector for the current model."""
@@ -419,7 +425,7 @@ class MemoryService:
             for memory_id in ids:
                 queued += await self.jobs.enqueue(EMBED, key=memory_id) is not None
             after = ids[-1]
-            self._written()
+            self._written(len(ids))
         return queued
 
     async def list_memories(self, project: str | None = None, kind: str | None = None, tags: list[str] | None = None,

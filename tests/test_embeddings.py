@@ -94,6 +94,22 @@ async def test_a_batch_of_40_equals_embedding_each_document_alone(minilm: LocalE
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
 
 
+async def test_queries_asked_at_once_are_embedded_together_and_equal_each_asked_alone(
+        minilm: LocalEmbedder) -> None:
+    queries = [f"where is note {i} about the {'cache ' * (i % 4)}kept?" for i in range(12)]
+    alone = [await minilm.embed_query(q) for q in queries]
+    together: dict[int, list[float]] = {}
+
+    async def ask(i: int) -> None:
+        together[i] = await minilm.embed_query(queries[i])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(queries)):
+            tg.start_soon(ask, i)
+    for i, vector in enumerate(alone):
+        assert max(abs(x - y) for x, y in zip(vector, together[i], strict=True)) < 1e-5
+
+
 async def test_no_documents_give_no_vectors(minilm: LocalEmbedder) -> None:
     assert await minilm.embed_documents([]) == []
 
@@ -360,3 +376,92 @@ async def test_a_failed_load_is_not_retried_on_every_call(tmp_path: Path, monkey
         with pytest.raises(EmbeddingUnavailable, match="could not be downloaded"):
             await embedder.embed_query("x")
     assert attempts == [1]
+
+
+class SlowRunner(CountingRunner):
+    """Takes a while per run, so queries asked meanwhile pile up behind the one running."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        super().__init__()
+        self.fail_on = fail_on
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        time.sleep(0.05)
+        if self.fail_on in texts:
+            raise RuntimeError("the model ran out of memory")
+        return super().embed(texts)
+
+
+def slow_embedder(tmp_path: Path, runner: CountingRunner, monkeypatch: pytest.MonkeyPatch,
+                  batch_size: int = 32) -> LocalEmbedder:
+    embedder = LocalEmbedder("any/model", cache_dir=str(tmp_path), batch_size=batch_size)
+    monkeypatch.setattr(embedder, "_load", lambda: runner)
+    return embedder
+
+
+async def test_queries_that_arrive_while_one_is_embedded_share_the_next_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = SlowRunner()
+    embedder = slow_embedder(tmp_path, runner, monkeypatch, batch_size=8)
+    await embedder.warm_up()
+    got: dict[int, list[float]] = {}
+
+    async def ask(i: int) -> None:
+        got[i] = await embedder.embed_query("q" * (i + 1))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(ask, i)
+    assert got == {i: [float(i + 1), 1.0] for i in range(20)}  # each query gets its own vector
+    sizes = [len(call) for call in runner.calls]
+    assert sorted(t for call in runner.calls for t in call) == sorted("q" * (i + 1) for i in range(20))
+    assert len(sizes) <= 4 and max(sizes) == 8, sizes  # 1, then batches of up to 8, not 20 runs
+
+
+async def test_a_failed_run_fails_each_query_in_it_and_the_next_queries_still_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    embedder = slow_embedder(tmp_path, SlowRunner(fail_on="bad"), monkeypatch)
+    await embedder.warm_up()
+    outcome: dict[str, object] = {}
+
+    async def ask(text: str) -> None:
+        try:
+            outcome[text] = await embedder.embed_query(text)
+        except EmbeddingUnavailable as exc:
+            outcome[text] = str(exc)
+
+    async with anyio.create_task_group() as tg:
+        for text in ("first", "bad", "other"):
+            tg.start_soon(ask, text)
+            await anyio.sleep(0.01)  # "bad" and "other" wait behind "first" and run together
+    assert outcome["first"] == [5.0, 1.0]
+    assert "ran out of memory" in str(outcome["bad"]) and "ran out of memory" in str(outcome["other"])
+    assert await embedder.embed_query("after") == [5.0, 1.0]
+
+
+async def test_a_search_cancelled_while_its_run_waits_for_the_model_leaves_the_queries_behind_it_answered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = SlowRunner()
+    embedder = LocalEmbedder("any/model", cache_dir=str(tmp_path))
+
+    def slow_load() -> CountingRunner:
+        time.sleep(0.1)
+        return runner
+
+    monkeypatch.setattr(embedder, "_load", slow_load)
+    got: dict[str, list[float]] = {}
+
+    async def ask(text: str, scope: anyio.CancelScope | None = None) -> None:
+        with scope or anyio.CancelScope():
+            got[text] = await embedder.embed_query(text)
+
+    cancelled = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask, "x", cancelled)  # takes the lane and waits for the model to load
+        await anyio.sleep(0.01)
+        tg.start_soon(ask, "yy")  # queued behind it, so in its batch
+        tg.start_soon(ask, "zzz")
+        await anyio.sleep(0.02)
+        cancelled.cancel()  # the search that held the lane goes away mid-load, with the others' queries
+    assert got == {"yy": [2.0, 1.0], "zzz": [3.0, 1.0]}
+    assert [sorted(call) for call in runner.calls] == [["yy", "zzz"]]  # not "x": its search is gone

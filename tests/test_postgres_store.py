@@ -128,3 +128,38 @@ async def _first_success(store: PostgresStore, memory_id: str) -> Memory | None:
             return await store.get_memory(memory_id, LOCAL_ACCESS)
         except StorageUnavailable:
             await anyio.sleep(0.2)
+
+
+async def test_a_pooled_connection_is_checked_only_after_idling_so_one_that_died_idle_is_replaced_unseen(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from server.storage import postgres
+
+    monkeypatch.setattr(postgres, "CHECK_IDLE_AFTER", 0.3)
+    checks: list[int] = []
+    real_check = AsyncConnectionPool.check_connection
+
+    async def counted(conn: Any) -> None:
+        checks.append(conn.info.backend_pid)
+        await real_check(conn)
+
+    monkeypatch.setattr(AsyncConnectionPool, "check_connection", staticmethod(counted))
+    store = PostgresStore(pg_url, min_size=1, max_size=1, timeout=5)
+    await store.open()
+    try:
+        memory, _ = await store.add_memory(new_memory("outlives its connection"))
+        before = len(checks)
+        for _ in range(5):  # back to back: each checkout finds the connection just returned
+            assert await store.get_memory(memory.id, LOCAL_ACCESS) == memory
+        assert len(checks) == before
+        assert store._pool is not None
+        async with store._pool.connection() as conn:
+            pid = conn.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        await anyio.sleep(0.4)  # idle past the window: the next checkout checks it, finds it dead, replaces it
+        assert await store.get_memory(memory.id, LOCAL_ACCESS) == memory
+        assert checks[before:][:1] == [pid]
+    finally:
+        await store.close()

@@ -62,6 +62,21 @@ KNOWN_DIMENSIONS = {"sentence-transformers/all-MiniLM-L6-v2": 384, "BAAI/bge-sma
                     "BAAI/bge-base-en-v1.5": 768, "sentence-transformers/paraphrase-MiniLM-L6-v2": 384}
 
 
+class _Query:
+    """One query waiting for its embedding, and what it got."""
+
+    __slots__ = ("error", "text", "vector")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.vector: list[float] | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.vector is not None or self.error is not None
+
+
 class LocalEmbedder:
     """Runs a sentence-embedding model on this machine's CPU, in a worker thread, one batch at a time.
 
@@ -85,7 +100,8 @@ class LocalEmbedder:
         self._failure: tuple[float, EmbeddingUnavailable] | None = None
         self._dim: int | None = None
         self._limiter: anyio.CapacityLimiter | None = None
-        self._query_limiter: anyio.CapacityLimiter | None = None
+        self._query_lane: anyio.Lock | None = None
+        self._queries: list[_Query] = []
 
     @property
     def name(self) -> str:
@@ -113,7 +129,7 @@ class LocalEmbedder:
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         return await self._embed(texts, self._capacity())
 
-    async def _embed(self, texts: Sequence[str], limiter: anyio.CapacityLimiter) -> list[list[float]]:
+    async def _embed(self, texts: Sequence[str], limiter: anyio.CapacityLimiter | None) -> list[list[float]]:
         if not texts:
             return []
         runner = await self._runner_ready()
@@ -129,12 +145,32 @@ class LocalEmbedder:
         return vectors
 
     async def embed_query(self, text: str) -> list[float]:
-        # Queries have a lane of their own (ONNX Runtime sessions take concurrent runs), so a search never
-        # waits behind a batch of documents the background worker is embedding.
-        if self._query_limiter is None:
-            self._query_limiter = anyio.CapacityLimiter(1)
-        (vector,) = await self._embed([text], self._query_limiter)
-        return vector
+        """Queries have a lane of their own (ONNX Runtime sessions take concurrent runs), so a search never
+        waits behind a batch of documents the background worker is embedding. Queries that arrive while the
+        lane is busy are embedded together in its next run: under load one run of 8 short queries costs
+        about half of 8 runs of one, and a lone query goes straight through."""
+        if self._query_lane is None:
+            self._query_lane = anyio.Lock()
+        query = _Query(text)
+        self._queries.append(query)
+        async with self._query_lane:
+            if not query.done:
+                await self._embed_waiting(query)
+        if query.error is not None:
+            raise query.error
+        assert query.vector is not None
+        return query.vector
+
+    async def _embed_waiting(self, own: _Query) -> None:
+        batch, self._queries = self._queries[:self._batch_size], self._queries[self._batch_size:]
+        try:  # no limiter: the lane's lock already admits one run at a time
+            for q, vector in zip(batch, await self._embed([q.text for q in batch], None), strict=True):
+                q.vector = vector
+        except EmbeddingUnavailable as exc:  # anything else is the lane holder's alone; the rest are re-queued
+            for q in batch:
+                q.error = exc
+        finally:  # cancelled mid-run: the others' queries go back to the front for the next lane holder
+            self._queries[:0] = [q for q in batch if not q.done and q is not own]
 
     async def close(self) -> None:
         self._runner = None

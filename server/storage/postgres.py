@@ -51,6 +51,11 @@ CACHE_MAX_ROWS = 50_000  # bound on the shared cache; trimmed every CACHE_TRIM_E
 CACHE_TRIM_EVERY = 200
 # A live duplicate can be tombstoned between our INSERT ... DO NOTHING and the SELECT that follows.
 ADD_ATTEMPTS = 3
+# A pooled connection idle for longer than this is checked (one empty round trip) before it is handed out;
+# one back from work more recently is known good. Checking every checkout cost a tenth of the server's
+# event-loop time under load (docs/benchmarks.md). After PostgreSQL restarts, a connection used within this
+# window fails its next call with "database unavailable" and is replaced; the rest are caught by the check.
+CHECK_IDLE_AFTER = 1.0
 
 
 class PostgresStore:
@@ -66,6 +71,7 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._cache_puts = 0
         self._common_words: tuple[float, list[str]] = (-COMMON_WORDS_TTL, [])
+        self._last_returned: dict[int, float] = {}  # id(connection) -> when it came back to the pool
 
     @property
     def location(self) -> str:
@@ -75,7 +81,7 @@ class PostgresStore:
         # A fresh pool per open: a closed pool cannot be reopened, and a failed open closes it.
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self.url, min_size=self.min_size, max_size=self.max_size, timeout=self.timeout, open=False,
-            connection_class=psycopg.AsyncConnection[DictRow], check=AsyncConnectionPool.check_connection,
+            connection_class=psycopg.AsyncConnection[DictRow], check=self._check, reset=self._returned,
             name="stackmemory",
             # No server-side prepared statements: they break behind PgBouncer in transaction mode, and
             # the optional-filter queries plan better with their actual parameters.
@@ -99,6 +105,13 @@ class PostgresStore:
             await pool.close()
 
     # ---- connections and errors -----------------------------------------------------------------------
+
+    async def _returned(self, conn: Conn) -> None:
+        self._last_returned[id(conn)] = time.monotonic()
+
+    async def _check(self, conn: Conn) -> None:
+        if time.monotonic() - self._last_returned.pop(id(conn), -CHECK_IDLE_AFTER) >= CHECK_IDLE_AFTER:
+            await AsyncConnectionPool.check_connection(conn)
 
     async def _configure(self, conn: Conn) -> None:
         """Each pooled connection runs as a role row-level security applies to: when the login role could
