@@ -169,7 +169,10 @@ def start_server(a: argparse.Namespace, transport: str, db: str, log: Path) -> t
     exe = shutil.which("stackmemory", path=str(Path(sys.executable).parent))
     cmd = [exe] if exe else [sys.executable, "-m", "server"]
     env = {**os.environ, "STACKMEMORY_DB": db, "STACKMEMORY_POOL_MAX": str(a.pool_max),
-           "STACKMEMORY_PROJECT": "bench", "STACKMEMORY_LOG_LEVEL": "WARNING", "STACKMEMORY_EMBEDDINGS": "none"}
+           "STACKMEMORY_PROJECT": "bench", "STACKMEMORY_LOG_LEVEL": "WARNING", "STACKMEMORY_EMBEDDINGS": "none",
+           # The per-token rate limit (50 calls/s by default) would answer the back-to-back phase's one client
+           # with 429s once the server serves it faster than that; the loaded phases run ~1 call/s per token.
+           "STACKMEMORY_RATE_LIMIT": "0"}
     if a.model_path:  # hybrid search with the real model; vectors must already be in the database
         env.update(STACKMEMORY_EMBEDDINGS="local", STACKMEMORY_EMBEDDING_MODEL_PATH=a.model_path)
     proc = subprocess.Popen([*cmd, "serve", "--transport", transport, "--port", str(port)], env=env, cwd=ROOT,
