@@ -9,6 +9,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -604,6 +605,9 @@ def main() -> None:
     if a.worker:
         asyncio.run(worker(json.loads(a.worker)))
     else:
+        # Killed (bench/run interrupted, a timeout): unwind like Ctrl-C, so the server and the embedded
+        # PostgreSQL it started are stopped and its data folder removed, not left running.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         run(a)
 
 
