@@ -42,6 +42,9 @@ INSTRUCTIONS = (
 
 _CONFIGURED = object()
 WARM_UP_DELAY = 1.0  # seconds after start-up before the embedding model loads
+# Seconds the embedding worker, woken by a write, waits for more writes to join the batch: a stream of
+# single stores is embedded in batches, each costing one claim and one completion instead of one per store.
+EMBED_LINGER = 0.25
 LISTEN_WAIT = 5.0  # seconds start-up waits for the change feed's LISTEN connection
 LINEAR_LEASE = 900.0  # seconds a Linear sync job is leased (a longer sync is locked, never run twice)
 LINEAR_POLL = 2.0  # seconds between looks for queued Linear syncs (this process's own requests wake it)
@@ -116,7 +119,7 @@ class Runtime:
         if self._feed:
             await self._follow_changes(stack, service)
         if semantic is not None and self._run_worker:
-            self.worker = Worker(queue, {EMBED: service.embed_jobs}, batch=64)
+            self.worker = Worker(queue, {EMBED: service.embed_jobs}, batch=64, linger=EMBED_LINGER)
             service.on_write = self.worker.notify
             tg = await stack.enter_async_context(anyio.create_task_group())
             # Closing cancels the background work: an unfinished batch is claimed again when its lease

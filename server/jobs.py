@@ -109,12 +109,15 @@ class Worker:
     """Claims batches of each registered kind and hands them to their handler, until stopped."""
 
     def __init__(self, queue: JobQueue, handlers: Mapping[str, Handler], *, batch: int = 32,
-                 lease: float = 60.0, poll: float = 1.0) -> None:
+                 lease: float = 60.0, poll: float = 1.0, linger: float = 0.0) -> None:
+        """`linger`: seconds to wait, once woken by new work, for more to arrive, so a stream of single
+        writes is handled in batches (each batch costs a claim and a completion, whatever its size)."""
         self.queue = queue
         self.handlers = dict(handlers)
         self.batch = batch
         self.lease = lease
         self.poll = poll
+        self.linger = linger
         self._notified = False
         self._wake: anyio.Event | None = None
 
@@ -129,15 +132,16 @@ class Worker:
         handled = 0
         while True:
             self._notified = False
-            round_total = 0
+            round_total, more = 0, False
             for kind, handler in self.handlers.items():
                 jobs = await self.queue.claim([kind], self.batch, self.lease)
                 if jobs:
                     await self._handle(handler, jobs)
                     round_total += len(jobs)
-            if round_total == 0:
-                return handled
+                    more = more or len(jobs) == self.batch  # a short batch emptied what was claimable
             handled += round_total
+            if not more:
+                return handled
 
     async def run(self, stop: anyio.Event | None = None) -> None:
         """Loop until stop is set; a batch in progress is finished first."""
@@ -152,6 +156,8 @@ class Worker:
                 pause = min(self.poll * 2 ** errors, MAX_ERROR_PAUSE_SECONDS)
                 log.warning("job queue unavailable (%s); retrying in %.0fs", exc, pause)
             await self._sleep(pause, stop, wake_on_notify=errors == 0)
+            if self.linger > 0 and self._notified and errors == 0:
+                await self._sleep(self.linger, stop, wake_on_notify=False)
 
     async def _handle(self, handler: Handler, jobs: list[Job]) -> None:
         try:

@@ -182,6 +182,36 @@ async def test_the_running_worker_wakes_on_notify_and_stops_on_request(store: An
     assert await queue.counts() == JobCounts(pending=0, running=0, failed=0)
 
 
+@pytest.mark.parametrize("linger", [0.0, 0.4])
+async def test_with_a_linger_writes_in_quick_succession_are_handled_in_one_batch(store: Any, linger: float) -> None:
+    queue = queue_for(store)
+    batches: list[list[int]] = []
+    done = anyio.Event()
+
+    async def embed(jobs: list[Job]) -> None:
+        batches.append([j.id for j in jobs])
+        if sum(map(len, batches)) == 3:
+            done.set()
+
+    worker = Worker(queue, {"embed": embed}, poll=3600, linger=linger)
+    stop = anyio.Event()
+    ids = []
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run, stop)
+            await anyio.sleep(0.05)
+            for _ in range(3):  # three stores, 50 ms apart, each waking the worker
+                ids.append(await queue.enqueue("embed"))
+                worker.notify()
+                await anyio.sleep(0.05)
+            await done.wait()
+            stop.set()
+    if linger:
+        assert batches == [ids]
+    else:  # without one, the first write is handled as soon as it wakes the worker, alone
+        assert batches[0] == ids[:1] and len(batches) >= 2
+
+
 async def test_the_worker_survives_an_unavailable_database_and_resumes(store: Any, db_target: str,
                                                                         settings_for: Any) -> None:
     from server.storage import open_storage
