@@ -163,3 +163,15 @@ async def test_list_memories_pages_with_a_cursor(client: Any) -> None:
     second = data(await client.call_tool("list_memories", {"limit": 5, "cursor": first["next_cursor"]}))
     contents = [m["content"] for m in first["memories"] + second["memories"]]
     assert contents == [f"note {i}" for i in range(6, -1, -1)] and second["next_cursor"] is None
+
+
+def test_the_sdks_wrapper_for_resolved_values_is_built_once_not_after_every_garbage_collection() -> None:
+    import gc
+
+    from mcp.server.elicitation import AcceptedElicitation
+    from mcp.server.mcpserver.resolve import _accepted
+
+    import tools
+
+    gc.collect()
+    assert type(_accepted("a caller")) is tools.RESOLVED_VALUE is AcceptedElicitation[Any]
