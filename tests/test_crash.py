@@ -21,6 +21,8 @@ import sqlite3
 import string
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,27 +266,26 @@ async def lane(make: Any, lives: int, rnd: random.Random, ledger: Ledger, errors
         ledger.spawn_kills += from_spawn  # a write cut off stays in `maybe` and is never touched again
 
 
-class BrokenPipesExpected:
+@contextmanager
+def broken_pipes_expected() -> Iterator[None]:
     """Pipes to a killed server break while asyncio is still flushing them: that is the point here, so the
     loop's exception handler drops those errors, from the first kill until every future that could still
     hold one has been collected (a future's "exception was never retrieved" is reported when it is freed,
     which may be after the last kill; anyio's test runner would fail the test on it)."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
 
-    def __enter__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.previous = self.loop.get_exception_handler()
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), (BrokenPipeError, ConnectionResetError)):
+            return
+        (previous or asyncio.AbstractEventLoop.default_exception_handler)(loop, context)
 
-        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-            if isinstance(context.get("exception"), (BrokenPipeError, ConnectionResetError)):
-                return
-            (self.previous or asyncio.AbstractEventLoop.default_exception_handler)(  # type: ignore[arg-type]
-                loop, context)
-
-        self.loop.set_exception_handler(handler)
-
-    def __exit__(self, *exc: object) -> None:
+    loop.set_exception_handler(handler)
+    try:
+        yield
+    finally:
         gc.collect()
-        self.loop.set_exception_handler(self.previous)
+        loop.set_exception_handler(previous)
 
 
 async def hammer(make: Any, seed: int) -> tuple[list[Ledger], list[str]]:
@@ -458,7 +459,7 @@ async def test_sqlite_over_stdio_keeps_every_acknowledged_write_through_random_k
     started = time.monotonic()
     db = str(tmp_path / "crash.db")
     log = tmp_path / "serve.log"
-    with BrokenPipesExpected():
+    with broken_pipes_expected():
         ledgers, errors = await hammer(lambda: StdioServer(db, log), SEED)
         total = merged(ledgers)
         assert errors == [], errors[:5]
@@ -479,7 +480,7 @@ async def test_postgres_over_http_keeps_every_acknowledged_write_through_random_
     started = time.monotonic()
     token = issue_token(pg_url)
     log = tmp_path / "serve.log"
-    with BrokenPipesExpected():
+    with broken_pipes_expected():
         ledgers, errors = await hammer(lambda: HttpServer(pg_url, log, token), SEED + 100)
         total = merged(ledgers)
         assert errors == [], errors[:5]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -71,7 +72,8 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._cache_puts = 0
         self._common_words: tuple[float, list[str]] = (-COMMON_WORDS_TTL, [])
-        self._last_returned: dict[int, float] = {}  # id(connection) -> when it came back to the pool
+        # When each idle connection came back to the pool (weak: a connection the pool drops goes with it).
+        self._last_returned: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
 
     @property
     def location(self) -> str:
@@ -107,10 +109,10 @@ class PostgresStore:
     # ---- connections and errors -----------------------------------------------------------------------
 
     async def _returned(self, conn: Conn) -> None:
-        self._last_returned[id(conn)] = time.monotonic()
+        self._last_returned[conn] = time.monotonic()
 
     async def _check(self, conn: Conn) -> None:
-        if time.monotonic() - self._last_returned.pop(id(conn), -CHECK_IDLE_AFTER) >= CHECK_IDLE_AFTER:
+        if time.monotonic() - self._last_returned.pop(conn, -CHECK_IDLE_AFTER) >= CHECK_IDLE_AFTER:
             await AsyncConnectionPool.check_connection(conn)
 
     async def _configure(self, conn: Conn) -> None:
