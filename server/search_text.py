@@ -38,4 +38,6 @@ def semantic_reason(terms: list[str], fused: Fused) -> str:
         parts.append(keyword_reason(terms, fused.memory))
     if fused.similarity is not None:
         parts.append(f"similar in meaning ({fused.similarity:.2f})")
+    if fused.neighbour > 0:
+        parts.append(f"written next to a match (+{fused.neighbour:.2f})")
     return "; ".join(parts)

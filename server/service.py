@@ -55,7 +55,7 @@ from server.rules import (
     visibility_for,
 )
 from server.search_text import keyword_reason, search_terms, semantic_reason
-from server.semantic import Semantic, fuse
+from server.semantic import NEIGHBOUR_WITHIN, Semantic, fuse
 from server.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -353,7 +353,11 @@ class MemoryService:
             hits = [SearchHit.of(s.memory, round(s.score, 6), keyword_reason(terms, s.memory), scope.name(s.memory))
                     for s in keyword[:size]]
             return SearchResult(query=query, mode="keyword", results=hits, note=note)
-        fused = fuse(keyword if ran == "hybrid" else [], similar, size)
+        neighbours: list[tuple[str, str]] = []
+        if ran == "hybrid" and (keyword or similar):
+            neighbours = await self.storage.written_in_a_row(list({h.id: None for h in [*keyword, *similar]}),
+                                                             NEIGHBOUR_WITHIN)
+        fused = fuse(keyword if ran == "hybrid" else [], similar, size, neighbours)
         hits = [SearchHit.of(f.memory, round(f.score if ran == "hybrid" else f.similarity or 0.0, 6),
                              semantic_reason(terms, f), scope.name(f.memory)) for f in fused]
         return SearchResult(query=query, mode=ran, results=hits, note=await self._pending_note())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -98,3 +98,18 @@ async def test_finding_unembedded_memories_after_a_bulk_load_probes_each_vector_
     assert await store.unembedded(MODEL, "", 500) == []
     assert await store.count_unembedded(MODEL) == 0
     assert await store.count_unembedded("another/model") == ROWS
+
+
+async def test_finding_memories_written_in_a_row_steps_back_one_index_entry_per_candidate(
+        store: PostgresStore, pg_url: str) -> None:
+    """Twenty projects take turns, so the memory written just before another in its project is found by
+    the project's own index, not by walking back over the other projects' memories."""
+    bulk_load(pg_url, vectors=False, analyze=False)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE memories SET project = 'plans-' || (right(id, 12)::int % 20)")
+        conn.execute("ANALYZE memories")
+    ids = [f"01900000-0000-7000-8000-{i:012d}" for i in (20, 40, 60, 500, 2000)]
+    shown = plan(pg_url, "written_in_a_row", {"ids": ids, "within": timedelta(minutes=30)}, as_app=False)
+    assert "memories_project_id" in shown, shown
+    assert "Seq Scan on memories" not in shown, shown
+    assert await store.written_in_a_row(ids, timedelta(minutes=30)) == [(ids[0], ids[1]), (ids[1], ids[2])]

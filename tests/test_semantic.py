@@ -7,6 +7,7 @@ import math
 import os
 import re
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,86 @@ async def test_semantic_search_honours_filters(semantic: Any) -> None:
     result = await svc.search("database", mode="semantic", project="quiet")
     assert [h.id for h in result.results] == [quiet.id]
     assert (await svc.search("database", mode="semantic", kinds=["decision"])).results[0].id == quiet.id
+
+
+async def test_hybrid_search_lifts_the_memory_written_right_after_a_match(semantic: Any) -> None:
+    """The answer to a question often shares no word with it; written right after the memory that does,
+    it is lifted. Its twin, written later and apart, has the same words and so the same own score."""
+    svc, worker, _ = semantic
+    match = await svc.store("We ran the database migration on staging")
+    answer = await svc.store("It went fine, no downtime")
+    for filler in ("Lunch is at noon", "The office cat is called Miso", "Parking is behind the building"):
+        await svc.store(filler)
+    twin = await svc.store("It went fine, no downtime!")
+    await worker.run_once()
+    result = await svc.search("database migration on staging")
+    assert result.mode == "hybrid"
+    ids = [h.id for h in result.results]
+    assert ids[:2] == [match.id, answer.id] and ids.index(twin.id) > 1
+    assert "written next to a match (+0.30)" in result.results[1].reason
+    assert "written next to" not in result.results[ids.index(twin.id)].reason
+    semantic_only = await svc.search("database migration on staging", mode="semantic")
+    assert all("written next to" not in h.reason for h in semantic_only.results)
+
+
+async def test_memories_count_as_written_in_a_row_only_in_one_project_author_and_half_hour(
+        semantic: Any) -> None:
+    from server.accounts import Accounts
+    from server.ids import new_id
+    from server.models import NewMemory
+    from server.rules import content_hash
+    from server.semantic import NEIGHBOUR_WITHIN
+
+    svc, _, _ = semantic
+    a = await svc.store("first")
+    b = await svc.store("second")
+    await svc.store("elsewhere", project="other")  # another project does not come between
+    gone = await svc.store("deleted later")
+    c = await svc.store("third")
+    await svc.delete(gone.id)  # a deleted memory does not come between either
+    pairs = svc.storage.written_in_a_row
+    assert set(await pairs([a.id, b.id, c.id], NEIGHBOUR_WITHIN)) == {(a.id, b.id), (b.id, c.id)}
+    assert await pairs([a.id, c.id], NEIGHBOUR_WITHIN) == []  # b, between them, is not a candidate
+    template = await svc.get(c.id)
+    accounts = Accounts(svc.accounts)
+    bob = await accounts.create_user("bob")
+    crew = await accounts.create_workspace("crew", template.created_by)  # bob may write into it
+    await accounts.add_member("crew", bob.id)
+
+    def written(content: str, by: str, minutes_after_c: float) -> NewMemory:
+        return NewMemory(id=new_id(), content=content, content_hash=content_hash(content), kind="note", tags=[],
+                         project=template.project, importance=template.importance, metadata={}, author=by,
+                         created_at=template.created_at + timedelta(minutes=minutes_after_c), expires_at=None,
+                         workspace_id=crew.workspace_id, visibility="team", created_by=by, updated_by=by)
+
+    later = [written("bob's", bob.id, 1), written("mine, after bob's", template.created_by, 2),
+             written("mine, 31 minutes on", template.created_by, 33), written("mine, 29 more", template.created_by, 62)]
+    for memory in later:
+        await svc.storage.add_memories([memory])
+    ids = [c.id, *(m.id for m in later)]
+    # c and bob's: other workspaces; bob's and mine: other authors; then 31 minutes apart; then 29
+    assert await pairs(ids, NEIGHBOUR_WITHIN) == [(later[2].id, later[3].id)]
+
+
+def test_a_run_of_neighbours_cannot_lift_itself() -> None:
+    """Each memory gets a share of its neighbours' own scores, not of what they were lifted by."""
+    from server.ids import new_id
+    from server.models import Memory, ScoredMemory
+    from server.semantic import NEIGHBOUR_WEIGHT, fuse
+
+    def scored(score: float) -> ScoredMemory:
+        now = datetime.now(UTC)
+        memory = Memory(id=new_id(), content=f"scored {score}", kind="note", project="p", importance=5,
+                        author="me", created_at=now, updated_at=now, version=1)
+        return ScoredMemory(memory.id, score, lambda: memory)
+
+    top, middle, end, other = scored(1.0), scored(0.0), scored(0.0), scored(0.5)
+    ranked = [top, other, middle, end]  # the same in both rankings: fused own scores are 1, 0.5, 0, 0
+    fused = fuse(ranked, ranked, 4, [(top.id, middle.id), (middle.id, end.id)])
+    by_id = {f.memory.id: f for f in fused}
+    assert by_id[middle.id].score == pytest.approx(NEIGHBOUR_WEIGHT) and by_id[middle.id].neighbour > 0
+    assert by_id[end.id].score == 0.0 and by_id[end.id].neighbour == 0.0
+    assert by_id[top.id].score == 1.0 and by_id[other.id].score == pytest.approx(0.5)
 
 
 async def test_changed_or_deleted_memories_never_match_by_stale_meaning(semantic: Any) -> None:

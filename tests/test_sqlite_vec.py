@@ -333,5 +333,10 @@ async def test_candidates_are_looked_up_by_id_not_by_walking_the_workspace(tmp_p
                                                   {k: v for k, v in params.items() if f":{k}" in sql})]
             assert plan[0].startswith("SCAN j"), (name, plan)
             assert not any("memories_workspace_id" in step for step in plan), (name, plan)
+        sql = Q["written_in_a_row"]  # one step back along the candidate's project, for each candidate
+        plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, {"ids": '["a"]', "days": 0.02})]
+        assert plan[0].startswith("SCAN j"), plan
+        assert any("memories_project_id (project=? AND id<?)" in step for step in plan), plan
+        assert not any("TEMP B-TREE" in step for step in plan), plan
     finally:
         db.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from server.models import (
@@ -123,4 +123,10 @@ class Storage(Protocol):
     async def search_vector(self, vector: list[float], model: str, where: MemoryFilter,
                             limit: int) -> list[ScoredMemory]:
         """Nearest live memories by cosine similarity (score = similarity), honouring the filter."""
+        ...
+
+    async def written_in_a_row(self, ids: list[str], within: timedelta) -> list[tuple[str, str]]:
+        """(earlier, later) pairs among ids where `earlier` is the live memory written just before `later`
+        in the same project (by id, which is creation order), by the same author in the same workspace, at
+        most `within` before it. Both of a pair are among ids, so the answer shows nothing of other memories."""
         ...

@@ -8,7 +8,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -384,6 +384,10 @@ class PostgresStore:
     async def live_contents(self, ids: list[str]) -> list[tuple[str, str]]:
         rows = await self._fetch_as(None, "live_contents", {"ids": ids})
         return [(r["id"], r["content"]) for r in rows]
+
+    async def written_in_a_row(self, ids: list[str], within: timedelta) -> list[tuple[str, str]]:
+        rows = await self._fetch_as(None, "written_in_a_row", {"ids": ids, "within": within})
+        return [(r["earlier"], r["later"]) for r in rows]
 
     async def unembedded(self, model: str, after: str, limit: int) -> list[str]:
         rows = await self._fetch_as(None, "unembedded_ids", {"model": model, "after": after, "limit": limit})

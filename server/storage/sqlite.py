@@ -10,7 +10,7 @@ import random
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -311,6 +311,10 @@ class SQLiteStore:
     async def live_contents(self, ids: list[str]) -> list[tuple[str, str]]:
         rows = await self._fetch("live_contents", {"ids": _json(ids)})
         return [(r["id"], r["content"]) for r in rows]
+
+    async def written_in_a_row(self, ids: list[str], within: timedelta) -> list[tuple[str, str]]:
+        rows = await self._fetch("written_in_a_row", {"ids": _json(ids), "days": within / timedelta(days=1)})
+        return [(r["earlier"], r["later"]) for r in rows]
 
     async def unembedded(self, model: str, after: str, limit: int) -> list[str]:
         rows = await self._fetch("unembedded_ids", {"model": model, "after": after, "limit": limit})

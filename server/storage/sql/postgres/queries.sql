@@ -253,6 +253,19 @@ ON CONFLICT (memory_id) DO UPDATE SET model = excluded.model, embedding = exclud
 -- name: live_contents
 SELECT id, content FROM memories WHERE id = ANY (%(ids)s::text[]) AND deleted_at IS NULL;
 
+-- name: written_in_a_row
+-- For each candidate, the live memory written just before it in its project: one step back along
+-- memories_project_id (so ordered as it is). A pair counts when that memory is a candidate too, of the same author and workspace.
+SELECT p.id AS earlier, m.id AS later
+  FROM memories AS m
+  CROSS JOIN LATERAL (SELECT q.id, q.workspace_id, q.created_by, q.created_at FROM memories AS q
+                       WHERE q.project = m.project AND q.deleted_at IS NULL AND (q.project, q.id) < (m.project, m.id)
+                       ORDER BY q.project DESC, q.id DESC LIMIT 1) AS p
+ WHERE m.id = ANY (%(ids)s::text[]) AND m.deleted_at IS NULL
+   AND p.id = ANY (%(ids)s::text[])
+   AND p.workspace_id = m.workspace_id AND p.created_by = m.created_by
+   AND m.created_at - p.created_at <= %(within)s;
+
 -- name: count_unembedded
 -- The vector is looked up per memory through memory_vectors' primary key, a plan that cannot go wrong:
 -- written as NOT EXISTS, a freshly bulk-loaded memory_vectors with no statistics yet made the planner pick a

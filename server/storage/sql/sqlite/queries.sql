@@ -183,6 +183,19 @@ DELETE FROM memory_vectors WHERE model <> :model;
 SELECT m.id, m.content FROM json_each(:ids) AS j CROSS JOIN memories AS m ON m.id = j.value
  WHERE m.deleted_at IS NULL;
 
+-- name: written_in_a_row
+-- For each candidate, the live memory written just before it in its project: one step back along
+-- memories_project_id (so ordered as it is). A pair counts when that memory is a candidate too, of the same author and workspace.
+SELECT p.id AS earlier, m.id AS later
+  FROM json_each(:ids) AS j CROSS JOIN memories AS m ON m.id = j.value
+  CROSS JOIN memories AS p ON p.id = (SELECT q.id FROM memories AS q
+                                       WHERE q.project = m.project AND q.deleted_at IS NULL AND q.id < m.id
+                                       ORDER BY q.project DESC, q.id DESC LIMIT 1)
+ WHERE m.deleted_at IS NULL
+   AND p.id IN (SELECT value FROM json_each(:ids))
+   AND p.workspace_id = m.workspace_id AND p.created_by = m.created_by
+   AND julianday(m.created_at) - julianday(p.created_at) <= :days;
+
 -- name: count_unembedded
 SELECT count(*) AS n FROM memories AS m
  WHERE m.deleted_at IS NULL
