@@ -113,12 +113,11 @@ def fuse(keyword: list[ScoredMemory], vector: list[ScoredMemory], limit: int,
     vec = _normalised(vector)
     candidates = {h.id: h for h in [*keyword, *vector]}
     own = {i: keyword_weight * kw.get(i, 0.0) + (1 - keyword_weight) * vec.get(i, 0.0) for i in candidates}
-    beside: dict[str, float] = {}
+    added: dict[str, float] = {}
     for earlier, later in neighbours:
         if earlier in own and later in own:
-            beside[later] = max(beside.get(later, 0.0), own[earlier])
-            beside[earlier] = max(beside.get(earlier, 0.0), own[later])
-    added = {i: neighbour_weight * s for i, s in beside.items()}
+            added[later] = max(added.get(later, 0.0), neighbour_weight * own[earlier])
+            added[earlier] = max(added.get(earlier, 0.0), neighbour_weight * own[later])
     scores = {i: s + added.get(i, 0.0) for i, s in own.items()}
     keyword_rank = {h.id: rank for rank, h in enumerate(keyword, start=1)}
     similarity = {h.id: h.score for h in vector}

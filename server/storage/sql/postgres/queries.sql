@@ -255,7 +255,9 @@ SELECT id, content FROM memories WHERE id = ANY (%(ids)s::text[]) AND deleted_at
 
 -- name: written_in_a_row
 -- For each candidate, the live memory written just before it in its project: one step back along
--- memories_project_id (so ordered as it is). A pair counts when that memory is a candidate too, of the same author and workspace.
+-- memories_project_id. The row comparison is what makes the planner take that index: with `q.id < m.id` it
+-- walked memories_live_id back over every other project's memories. A pair counts when that memory is a
+-- candidate too, of the same author and workspace.
 SELECT p.id AS earlier, m.id AS later
   FROM memories AS m
   CROSS JOIN LATERAL (SELECT q.id, q.workspace_id, q.created_by, q.created_at FROM memories AS q

@@ -185,7 +185,8 @@ SELECT m.id, m.content FROM json_each(:ids) AS j CROSS JOIN memories AS m ON m.i
 
 -- name: written_in_a_row
 -- For each candidate, the live memory written just before it in its project: one step back along
--- memories_project_id (so ordered as it is). A pair counts when that memory is a candidate too, of the same author and workspace.
+-- memories_project_id, ordered as that index is. A pair counts when that memory is a candidate too, of
+-- the same author and workspace.
 SELECT p.id AS earlier, m.id AS later
   FROM json_each(:ids) AS j CROSS JOIN memories AS m ON m.id = j.value
   CROSS JOIN memories AS p ON p.id = (SELECT q.id FROM memories AS q
