@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -110,8 +111,25 @@ async def client_loop(cfg: dict[str, Any], idx: int, ready: asyncio.Event, go: a
         ready.set()
 
 
+def validate_once() -> None:
+    """Each session checks the first result of each tool against its output schema, not every one: jsonschema
+    is a third of this load generator's CPU, and it runs on the two cores the server under test has."""
+    from mcp.client.session import ClientSession
+
+    check = ClientSession.validate_tool_result
+
+    async def first_only(self: ClientSession, name: str, result: Any) -> None:
+        checked: set[str] = self.__dict__.setdefault("_bench_checked", set())
+        if name not in checked:
+            await check(self, name, result)
+            checked.add(name)
+
+    ClientSession.validate_tool_result = first_only  # type: ignore[method-assign]
+
+
 async def worker(cfg: dict[str, Any]) -> None:
     """Connect every session, say 'ready', wait for 'go' on stdin, run until the deadline, print JSON."""
+    validate_once()
     calls: Calls = []
     errors: list[str] = []
     go = asyncio.Event()
@@ -121,6 +139,10 @@ async def worker(cfg: dict[str, Any]) -> None:
         tasks.append(asyncio.create_task(client_loop(cfg, i, readies[i], go, calls, errors)))
         await asyncio.sleep(0.01)  # do not open 50 sessions in the same millisecond
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+    # Everything the sessions hold so far lives for the whole run: the collector need not scan it again.
+    # The load generator shares the server's two cores, so its own pauses would count as server latency.
+    gc.collect()
+    gc.freeze()
     print("ready", flush=True)
     line = await asyncio.to_thread(sys.stdin.readline)
     cfg["deadline"] = float(line)
@@ -184,8 +206,10 @@ def start_server(a: argparse.Namespace, transport: str, db: str, log: Path) -> t
 
 
 def run_load(a: argparse.Namespace, url: str, transport: str, clients: int, think: float, duration: float,
-             noop: bool = False, mode: str | None = None, distinct: int | None = None) -> dict[str, Any]:
-    """Two worker processes, each with half the sessions; returns merged calls, errors and wall seconds."""
+             noop: bool = False, mode: str | None = None, distinct: int | None = None,
+             warmup: float = 0.0) -> dict[str, Any]:
+    """Two worker processes, each with half the sessions; returns merged calls, errors and wall seconds of
+    the `duration` measured after `warmup` seconds of the same load."""
     procs: list[subprocess.Popen[str]] = []
     workers = max(1, min(a.workers, clients))  # a worker without sessions would have nothing to wait for
     try:
@@ -203,7 +227,9 @@ def run_load(a: argparse.Namespace, url: str, transport: str, clients: int, thin
             assert p.stdout is not None
             if p.stdout.readline().strip() != "ready":
                 raise RuntimeError("a load worker failed to connect its sessions")
-        start = time.time() + 0.2
+        # Calls that start in the first `warmup` seconds are not counted: the pool grows to its working size
+        # and every new PostgreSQL backend fills its catalog caches then, as any server does once after a start.
+        start = time.time() + 0.2 + warmup
         deadline = start + duration
         for p in procs:
             assert p.stdin is not None
@@ -213,9 +239,9 @@ def run_load(a: argparse.Namespace, url: str, transport: str, clients: int, thin
         errors: list[str] = []
         unfinished = 0
         for p in procs:
-            out, _ = p.communicate(timeout=duration + a.call_timeout + 30)
+            out, _ = p.communicate(timeout=warmup + duration + a.call_timeout + 30)
             data = json.loads(out.strip().splitlines()[-1])
-            calls += [tuple(c) for c in data["calls"]]  # type: ignore[misc]
+            calls += [tuple(c) for c in data["calls"] if c[3] - c[1] >= start]  # type: ignore[misc]
             errors += data["errors"]
             unfinished += data["unfinished"]
         wall = max([duration, *(c[3] - start for c in calls)])  # until the last call ended, not session teardown
@@ -469,7 +495,7 @@ def run(a: argparse.Namespace) -> None:
         floors.append(("no-op MCP tool round trip, Streamable HTTP (1 client, sequential)",
                        asyncio.run(noop_floor(noop_url, a.floor_seconds)), None))
         if a.sat_clients > 0:
-            sat = run_load(a, noop_url, "http", a.sat_clients, 0, a.floor_seconds, noop=True)
+            sat = run_load(a, noop_url, "http", a.sat_clients, 0, a.floor_seconds, noop=True, warmup=a.warmup)
             floors.append((f"no-op MCP tool, Streamable HTTP ({a.sat_clients} clients, closed loop)",
                            [c[1] for c in sat["calls"] if c[2]], sum(c[2] for c in sat["calls"]) / sat["wall"]))
         stop(noop)
@@ -477,7 +503,7 @@ def run(a: argparse.Namespace) -> None:
         results, memory = load_phases(a, db, log, procs)
         print(f"\nclients {', '.join(map(str, a.clients))} (open loop, exponential think time mean {a.think:g} s, "
               f"so about clients/{a.think:g} calls/s offered), saturation {a.sat_clients} clients "
-              f"with think 0; durations: http {a.duration:g} s / {a.sat_duration:g} s, sse {a.sse_duration:g} s / "
+              f"with think 0, each after a {a.warmup:g} s warm-up; durations: http {a.duration:g} s / {a.sat_duration:g} s, sse {a.sse_duration:g} s / "
               f"{a.sse_sat_duration:g} s")
         for label, r in results:
             print(load_table(f"{label}, search mode {r['mode'] or 'default'}", r))
@@ -544,10 +570,10 @@ def load_phases(a: argparse.Namespace, db: str, log: Path, procs: list[subproces
         runs = [(m, c) for m in a.modes for c in a.clients] if transport == "http" else [(a.modes[0], max(a.clients))]
         for mode, clients in runs:
             print(f"  {clients} clients, search mode {mode or 'default'}", file=sys.stderr, flush=True)
-            r = run_load(a, base, transport, clients, a.think, duration, mode=mode)
+            r = run_load(a, base, transport, clients, a.think, duration, mode=mode, warmup=a.warmup)
             results.append((label, {**r, "kind": "open"}))
         if sat_duration > 0 and a.sat_clients > 0:
-            r = run_load(a, base, transport, a.sat_clients, 0, sat_duration, mode=a.modes[0])
+            r = run_load(a, base, transport, a.sat_clients, 0, sat_duration, mode=a.modes[0], warmup=a.warmup)
             results.append((label, {**r, "kind": "saturation"}))
         if transport == "http":
             memory = rss_mb(proc.pid)
@@ -576,6 +602,8 @@ def main() -> None:
                    "(keyword, hybrid, semantic), one phase each; default: the server's default")
     p.add_argument("--think", type=float, default=1.0, help="mean exponential think time, s (default 1.0)")
     p.add_argument("--duration", type=float, default=60, help="Streamable HTTP open-loop seconds (default 60)")
+    p.add_argument("--warmup", type=float, default=5, help="seconds of each loaded phase run before its calls "
+                   "count (default 5): the pool grows and new PostgreSQL backends warm their caches then")
     p.add_argument("--sequential-seconds", type=float, default=0, help="first, per mode: one client calling back "
                    "to back for this long, every query new (unloaded latency; default 0: skipped)")
     p.add_argument("--sat-clients", type=int, default=20, help="clients in the think-0 saturation runs (default 20)")
@@ -603,7 +631,14 @@ def main() -> None:
     if not a.model_path and {"hybrid", "semantic"} & set(a.modes):
         p.error("--modes hybrid and semantic need --model-path (the server runs without embeddings otherwise)")
     if a.worker:
-        asyncio.run(worker(json.loads(a.worker)))
+        try:  # the load generator's own event loop in C where uvloop is installed, as the server's is
+            import uvloop
+
+            factory: Any = uvloop.new_event_loop
+        except ImportError:
+            factory = None
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(worker(json.loads(a.worker)))
     else:
         # Killed (bench/run interrupted, a timeout): unwind like Ctrl-C, so the server and the embedded
         # PostgreSQL it started are stopped and its data folder removed, not left running.

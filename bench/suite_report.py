@@ -185,8 +185,11 @@ def hosted_tables(r: dict[str, Any]) -> list[str]:
             *setup, ""]
 
 
-def report(r: dict[str, Any], images: list[str]) -> str:
+def report(r: dict[str, Any], images: list[str], findings: str = "") -> str:
+    """The page: every table from one results.json, then the hand-written findings (profiles and fixes)."""
     lines = [*header(r), *target_table(r), *overhead_table(r), *local_tables(r), *hosted_tables(r)]
+    if findings.strip():
+        lines += [findings.strip(), ""]
     failed = [e["failed"] for s in ("local", "hosted") for e in r.get(s, []) if "failed" in e]
     if failed:
         lines += ["## Runs that failed", "", *[f"- {f.splitlines()[0]}" for f in failed], ""]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections import OrderedDict
@@ -158,10 +159,19 @@ def build_http_app(runtime: Runtime, transport: str) -> Starlette:
         # One storage (and pool) for the whole process; the MCP app's own lifespan runs inside it.
         async with runtime.session() as svc, inner.router.lifespan_context(inner):
             svc.require_caller = tokens
+            settle_heap()
             yield
 
     guard = Middleware(Guard, max_body=limit, rate=runtime.settings.rate_limit)
     return Starlette(routes=[Mount("/", app=inner)], lifespan=lifespan, middleware=[guard])
+
+
+def settle_heap() -> None:
+    """Once started, move everything alive (modules, schemas, the pool) out of the garbage collector's view:
+    its full collections then scan only what requests create, instead of stalling every request in flight
+    for ~100 ms each time (measured under 100 clients; see docs/benchmarks.md)."""
+    gc.collect()
+    gc.freeze()
 
 
 def serve_http(runtime: Runtime) -> int:
@@ -181,8 +191,18 @@ def serve_http(runtime: Runtime) -> int:
                                     timeout_keep_alive=75)
             await uvicorn.Server(config).serve()
 
-    anyio.run(main)
+    anyio.run(main, backend_options=fast_loop())
     return 0
+
+
+def fast_loop() -> dict[str, bool]:
+    """uvloop where it is installed (the default install on Linux and macOS): its event loop and transports
+    are C, and a hosted server under load spends a large share of its time in them (docs/benchmarks.md)."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
 
 
 def serve_stdio(runtime: Runtime) -> int:

@@ -40,7 +40,7 @@ BUSY_TIMEOUT_MS = 5000
 # so two servers on one file never surface "database is locked" under ordinary contention.
 BEGIN_ATTEMPTS = 8
 OPEN_ATTEMPTS = 5
-KEYWORD_RECENT = 300  # keyword search ranks this many of the newest matches; see queries.sql
+KEYWORD_RECENT = 100  # keyword search ranks this many of the newest matches (as PostgreSQL); see queries.sql
 
 
 def ts(value: datetime | None) -> str | None:
@@ -277,7 +277,7 @@ class SQLiteStore:
         phrases = ['"' + t.replace('"', '""') + '"' for t in terms]
         pool = limit + 40  # FTS-ranked candidates joined and filtered; the rest only if filters need them
         params = {**_filter(where), "limit": limit, "match": " OR ".join(phrases), "pool": pool,
-                  "recent": KEYWORD_RECENT, "phrases": _json(phrases), "rare": RARE_WORD_MATCHES}
+                  "recent": max(KEYWORD_RECENT, limit), "phrases": _json(phrases), "rare": RARE_WORD_MATCHES}
         rows = await self._fetch("search_keyword", params)
         if len(rows) < limit and (not rows or rows[0]["pooled"] == pool):
             rows = await self._fetch("search_keyword_all", params)

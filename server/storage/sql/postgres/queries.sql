@@ -255,16 +255,19 @@ SELECT id, content FROM memories WHERE id = ANY (%(ids)s::text[]) AND deleted_at
 
 -- name: written_in_a_row
 -- For each candidate, the live memory written just before it in its project: one step back along
--- memories_project_id. The row comparison is what makes the planner take that index: with `q.id < m.id` it
--- walked memories_live_id back over every other project's memories. A pair counts when that memory is a
--- candidate too, of the same author and workspace.
+-- memories_project_id, which is the only index that yields (project, id) descending below a row. The
+-- project is compared after the step, not in it: with `q.project = m.project` inside, the ordering needs
+-- only id, and on a table of few projects the planner walked memories_live_id back from the newest row
+-- instead (2.5 s for 150 candidates at 100k memories, 16 ms each). A step that lands in another project
+-- means the candidate is its project's first memory. A pair counts when that memory is a candidate too,
+-- of the same author and workspace.
 SELECT p.id AS earlier, m.id AS later
   FROM memories AS m
-  CROSS JOIN LATERAL (SELECT q.id, q.workspace_id, q.created_by, q.created_at FROM memories AS q
-                       WHERE q.project = m.project AND q.deleted_at IS NULL AND (q.project, q.id) < (m.project, m.id)
+  CROSS JOIN LATERAL (SELECT q.id, q.project, q.workspace_id, q.created_by, q.created_at FROM memories AS q
+                       WHERE q.deleted_at IS NULL AND (q.project, q.id) < (m.project, m.id)
                        ORDER BY q.project DESC, q.id DESC LIMIT 1) AS p
  WHERE m.id = ANY (%(ids)s::text[]) AND m.deleted_at IS NULL
-   AND p.id = ANY (%(ids)s::text[])
+   AND p.project = m.project AND p.id = ANY (%(ids)s::text[])
    AND p.workspace_id = m.workspace_id AND p.created_by = m.created_by
    AND m.created_at - p.created_at <= %(within)s;
 
