@@ -252,6 +252,27 @@ def exact_top(query: list[float], vectors_by_id: dict[str, list[float]], k: int)
     return [(i, s) for s, i in scored[:k]]
 
 
+def test_the_in_process_index_counts_distances_past_255_bits_at_1536_dimensions() -> None:
+    """OpenAI's text-embedding-3-small has 1536 dimensions: two unrelated vectors differ in about 768 sign
+    bits. The index's distances must not wrap at 255 (as an 8-bit count would: 768 would rank as 0, above
+    every true neighbour): the exact top 10 are among its candidates, with and without a filter."""
+    rng = random.Random(31)
+    make = clustered(1536, 8, 0.6, rng)
+    index = vectors.VectorIndex(1536, "g")
+    vecs = {f"m{i}": make(rng) for i in range(1000)}
+    index.add((seq, memory_id, vectors.to_blob(v)) for seq, (memory_id, v) in enumerate(vecs.items(), start=1))
+    seq_of = {memory_id: seq for seq, memory_id in enumerate(vecs, start=1)}
+    half = set(list(vecs)[::2])
+    for _ in range(10):
+        query = make(rng)
+        for allowed in (None, half):
+            pool = vecs if allowed is None else {i: vecs[i] for i in allowed}
+            truth = {seq_of[i] for i, _ in exact_top(query, pool, 10)}
+            got = index.candidates(query, 10, allowed)
+            assert len(got) == vectors.RERANK < len(pool)
+            assert truth <= set(got)
+
+
 async def test_beyond_the_re_score_the_in_process_index_finds_nearly_every_exact_neighbour(tmp_path: Path) -> None:
     """1,500 vectors, more than the 400 candidates re-scored for a page of 10: the index really does cut,
     every score it returns is the exact cosine, and against a brute-force oracle it finds >= 90% of the

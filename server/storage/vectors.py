@@ -159,13 +159,48 @@ class VectorIndex:
             self._matrix = np.ascontiguousarray(rows.T)
         q = sign_bits(np.asarray(query, dtype=np.float32).reshape(1, self.dim), self.words).view(np.uint64)[0]
         matrix = self._matrix if positions is None else self._matrix[:, positions]
-        distance = np.bitwise_count(matrix[0] ^ q[0])  # column by column: 3x faster than a row-major sum
-        for w in range(1, self.words):
-            distance += np.bitwise_count(matrix[w] ^ q[w])
-        best = np.argpartition(distance, want)[:want]
+        best = nearest_rows(hamming(matrix, q), want)
         if positions is not None:
             best = positions[best]
         return [self._seqs[p] for p in best.tolist()]
+
+
+HAMMING_CHUNK = 65536  # rows per step: the step's temporaries (576 KB) stay in the CPU's cache
+
+
+def hamming(matrix: np.ndarray[Any, Any], query: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Bits differing between `query` (words uint64) and each column of `matrix` (words x rows uint64).
+    Counted in 16 bits: numpy's bitwise_count gives 8, and a sum in 8 bits wraps past 255, which dimensions
+    over 255 reach (two unrelated 1536-dimension vectors differ in about 768). Word by word over the matrix's
+    rows (3x faster than a row-major sum), a chunk of rows at a time into buffers used again for each."""
+    import numpy as np
+
+    words, rows = matrix.shape
+    distance = np.zeros(rows, dtype=np.uint16)
+    xor = np.empty(min(rows, HAMMING_CHUNK), dtype=np.uint64)
+    bits = np.empty(len(xor), dtype=np.uint8)
+    for start in range(0, rows, HAMMING_CHUNK):
+        end = min(rows, start + HAMMING_CHUNK)
+        n = end - start
+        total = distance[start:end]
+        for w in range(words):
+            np.bitwise_xor(matrix[w, start:end], query[w], out=xor[:n])
+            np.bitwise_count(xor[:n], out=bits[:n])
+            total += bits[:n]
+    return distance
+
+
+def nearest_rows(distance: np.ndarray[Any, Any], want: int) -> np.ndarray[Any, Any]:
+    """Positions of the `want` smallest distances (fewer rows than `want`: all), ties taken in row order.
+    Distances are small integers (at most the dimension), so counting them finds the cut-off distance in one
+    pass: 4x faster than argpartition at 1,000,000 rows."""
+    import numpy as np
+
+    if want >= len(distance):
+        return np.arange(len(distance))
+    cut = int(np.searchsorted(np.cumsum(np.bincount(distance)), want))  # want or more rows are <= cut
+    closer = np.flatnonzero(distance < cut)
+    return np.concatenate([closer, np.flatnonzero(distance == cut)[: want - len(closer)]])
 
 
 def sign_bits(vectors: np.ndarray[Any, Any], words: int) -> np.ndarray[Any, Any]:
