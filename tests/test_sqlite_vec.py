@@ -260,8 +260,8 @@ def test_the_in_process_index_counts_distances_past_255_bits_at_1536_dimensions(
     make = clustered(1536, 8, 0.6, rng)
     index = vectors.VectorIndex(1536, "g")
     vecs = {f"m{i}": make(rng) for i in range(1000)}
-    index.add((seq, memory_id, vectors.to_blob(v)) for seq, (memory_id, v) in enumerate(vecs.items(), start=1))
     seq_of = {memory_id: seq for seq, memory_id in enumerate(vecs, start=1)}
+    index.add((seq_of[memory_id], memory_id, vectors.to_blob(v)) for memory_id, v in vecs.items())
     half = set(list(vecs)[::2])
     for _ in range(10):
         query = make(rng)

@@ -191,13 +191,11 @@ def hamming(matrix: np.ndarray[Any, Any], query: np.ndarray[Any, Any]) -> np.nda
 
 
 def nearest_rows(distance: np.ndarray[Any, Any], want: int) -> np.ndarray[Any, Any]:
-    """Positions of the `want` smallest distances (fewer rows than `want`: all), ties taken in row order.
-    Distances are small integers (at most the dimension), so counting them finds the cut-off distance in one
-    pass: 4x faster than argpartition at 1,000,000 rows."""
+    """Positions of the `want` smallest distances (there are more rows than that: `candidates` takes every
+    row otherwise), ties taken in row order. Distances are small integers (at most the dimension), so
+    counting them finds the cut-off distance in one pass: 4x faster than argpartition at 1,000,000 rows."""
     import numpy as np
 
-    if want >= len(distance):
-        return np.arange(len(distance))
     cut = int(np.searchsorted(np.cumsum(np.bincount(distance)), want))  # want or more rows are <= cut
     closer = np.flatnonzero(distance < cut)
     return np.concatenate([closer, np.flatnonzero(distance == cut)[: want - len(closer)]])
