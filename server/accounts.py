@@ -30,6 +30,7 @@ LOCAL_USER_ID = "00000000-0000-7000-8000-000000000001"
 LOCAL_WORKSPACE_ID = "00000000-0000-7000-8000-000000000002"
 LOCAL_USER_NAME = "local"
 TOKEN_PREFIX = "smk_"
+TOKEN_FRESH = 10.0  # seconds a server trusts a checked token without asking the database again
 RESERVED_WORKSPACE_NAMES = {"all": "every workspace of the caller", "personal": "the caller's personal workspace"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A token's last-used time is written at most this often, so authentication is not a write per request.
@@ -297,6 +298,9 @@ class Accounts:
         return await self.store.list_tokens(user_id)
 
     async def revoke_token(self, token_id: str) -> None:
+        if well_formed(token_id):  # the secret itself: never echo it back (it would land in logs and scrollback)
+            raise InvalidInput("that is a token, not a token id: pass the id (`stackmemory token list` shows each "
+                               "token's id; the token itself is never stored)")
         if not await self.store.revoke_token(token_id, _now()):
             raise NotFound(f"no live token with id {token_id!r}; `stackmemory token list` shows them")
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mcp.server.auth.provider import TokenVerifier
     from mcp.server.auth.settings import AuthSettings
     from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.tools.base import Tool
 
     from server.embeddings.base import Embedder
     from server.jobs import JobQueue
@@ -244,6 +245,7 @@ def build_server(runtime: Runtime, auth: AuthSettings | None = None,
                  verifier: TokenVerifier | None = None) -> MCPServer[Any]:
     """The MCP server with every StackMemory tool registered; with auth, every HTTP request needs a token."""
     from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.tools.base import Tool
 
     from tools import all_tools, register_resources
 
@@ -262,11 +264,46 @@ def build_server(runtime: Runtime, auth: AuthSettings | None = None,
         auth=auth,
         token_verifier=verifier,
         subscriptions=runtime.bus,
+        tools=[strict_tool(Tool.from_function(t.fn, title=t.title, annotations=t.annotations)) for t in all_tools()],
     )
-    for tool in all_tools():
-        server.add_tool(tool.fn, title=tool.title, annotations=tool.annotations)
     register_resources(server)
     return server
+
+
+def strict_tool(tool: Tool) -> Tool:
+    """The tool, refusing any argument it does not have with an error that names it, where the SDK drops it
+    silently: a misspelt `visiblity: "private"` must not store a memory the whole team can read, and an
+    assistant told so fixes its call. The published input schema says the same (`additionalProperties:
+    false`)."""
+    from pydantic import ConfigDict, model_validator
+
+    model = tool.fn_metadata.arg_model
+    known = sorted(field.alias or name for name, field in model.model_fields.items())
+
+    def no_unknown(cls: type, data: Any) -> Any:
+        unknown = sorted(set(data) - set(known)) if isinstance(data, dict) else []
+        if unknown:
+            raise ValueError(unknown_arguments(tool.name, unknown, known))
+        return data
+
+    strict: type[Any] = type(model.__name__, (model,), {
+        "__module__": model.__module__,
+        "model_config": ConfigDict(**{**model.model_config, "extra": "forbid"}),
+        "_no_unknown": model_validator(mode="before")(classmethod(no_unknown)),  # type: ignore[arg-type]
+    })
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = strict.model_json_schema(by_alias=True)
+    return tool
+
+
+def unknown_arguments(tool: str, unknown: list[str], known: list[str]) -> str:
+    import difflib
+
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        named.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"{tool} has no argument {', '.join(named)}; nothing was done. Its arguments are: {', '.join(known)}")
 
 
 def tool_names() -> list[str]:

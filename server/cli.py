@@ -305,7 +305,9 @@ def _human(command: str, result: Any) -> str:
             return result.note or "no memories matched"
         rows = [[f"{h.score:.3f}", h.id, h.kind, h.project, _short(h.content), h.reason]
                 for h in result.results]
-        return _grid(["score", "id", "kind", "project", "content", "why"], rows)
+        # Which ranking ran, and why not the one asked for (model unavailable, still loading...).
+        heading = f"{result.mode} search" + (f": {result.note}" if result.note else "")
+        return heading + "\n\n" + _grid(["score", "id", "kind", "project", "content", "why"], rows)
     if command == "list":
         text = _table(result.memories) if result.memories else "no memories"
         return text + (f"\n\nmore: --cursor {result.next_cursor}" if result.next_cursor else "")
@@ -343,7 +345,10 @@ def _human_admin(command: str, args: argparse.Namespace, result: Any) -> str:
         return _grid(["id", "user", "name", "created", "expires", "last used", "state"],
                      [[t.id, t.user, t.name, _when(t.created_at), _when(t.expires_at), _when(t.last_used_at),
                        _token_state(t)] for t in result]) if result else "no tokens"
-    return f"revoked token {args.token_id}: requests using it are refused from now on"
+    from server.accounts import TOKEN_FRESH
+
+    return (f"revoked token {args.token_id}: requests using it are refused within {TOKEN_FRESH:g} seconds "
+            "(a running server re-checks a token that often)")
 
 
 def _token_state(token: Any) -> str:

@@ -144,14 +144,16 @@ class Settings:
             port=_int(pick("port", "STACKMEMORY_PORT", env.get("PORT") or "8765"), "STACKMEMORY_PORT", 0),
             auth=_choice(pick("auth", "STACKMEMORY_AUTH", "tokens"), "STACKMEMORY_AUTH",
                          ("tokens", "none")),  # type: ignore[arg-type]
-            public_url=(pick("public_url", "STACKMEMORY_PUBLIC_URL", "") or _railway_url(env)) or None,
+            public_url=_url(pick("public_url", "STACKMEMORY_PUBLIC_URL", "") or _railway_url(env) or "",
+                            "STACKMEMORY_PUBLIC_URL"),
             allowed_hosts=_csv(env.get("STACKMEMORY_ALLOWED_HOSTS", "")) + _railway(env, ""),
             allowed_origins=_csv(env.get("STACKMEMORY_ALLOWED_ORIGINS", "")) + _railway(env, "https://"),
             pool_min=_int(env.get("STACKMEMORY_POOL_MIN", "2"), "STACKMEMORY_POOL_MIN", 0),
             pool_max=_int(env.get("STACKMEMORY_POOL_MAX", "20"), "STACKMEMORY_POOL_MAX", 1),
             pool_timeout=float(_int(env.get("STACKMEMORY_POOL_TIMEOUT", "10"), "STACKMEMORY_POOL_TIMEOUT", 1)),
             auto_migrate=env.get("STACKMEMORY_AUTO_MIGRATE", "1").lower() not in ("0", "false", "no", "off"),
-            log_level=pick("log_level", "STACKMEMORY_LOG_LEVEL", "WARNING").upper(),
+            log_level=_choice(pick("log_level", "STACKMEMORY_LOG_LEVEL", "WARNING").upper(), "STACKMEMORY_LOG_LEVEL",
+                              LOG_LEVELS),
             embeddings=_choice(pick("embeddings", "STACKMEMORY_EMBEDDINGS", "local"), "STACKMEMORY_EMBEDDINGS",
                                ("local", "openai", "none")),  # type: ignore[arg-type]
             embedding_model=pick("embedding_model", "STACKMEMORY_EMBEDDING_MODEL", "") or None,
@@ -215,16 +217,35 @@ def _with_tls(url: str, env: Mapping[str, str]) -> str:
     return urlunsplit(parts._replace(query=urlencode([*query, ("sslmode", "require")])))
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SECRET_PARAMETERS = ("password", "sslpassword")  # libpq takes a password in the query string as well
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***', safe to print and log."""
+    """The URL with any password (before the host, or a `password=` parameter) replaced by '***', safe to
+    print and log."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key.lower() in SECRET_PARAMETERS for key, _ in query):
+        masked = [(key, "***" if key.lower() in SECRET_PARAMETERS else value) for key, value in query]
+        parts = parts._replace(query=urlencode(masked, safe="*/"))
+    return urlunsplit(parts)
+
+
+def _url(raw: str, name: str) -> str | None:
+    """An http(s) URL with a host, or None when not given."""
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={raw!r} is not an http(s) URL; set it to the address clients use, "
+                          "e.g. https://memory.example.com")
+    return raw
 
 
 def _int(raw: str, name: str, minimum: int) -> int:

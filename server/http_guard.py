@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,8 +24,20 @@ HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
     (b"cross-origin-resource-policy", b"same-origin"),
 )
-UNLIMITED = ("/healthz", "/readyz")
-SDK_LIMITED = ("/mcp", "/messages/")  # the MCP SDK caps bodies of undeclared length here itself  # health checks are never throttled
+UNLIMITED = ("/healthz", "/readyz")  # health checks are never throttled
+SDK_LIMITED = ("/mcp", "/messages/")  # the MCP SDK caps bodies of undeclared length here itself
+PROTECTED = ("/mcp", "/sse", "/messages/")  # what the MCP SDK serves only with a valid bearer token
+RETRY_AUTH_S = 5  # Retry-After when tokens cannot be checked
+
+
+class AuthUnavailable(Exception):
+    """A token could not be checked (the database is unreachable) and was not seen lately."""
+
+
+class TokenCheck(Protocol):
+    def known(self, token: str) -> bool: ...
+
+    async def verify_token(self, token: str) -> Any: ...
 
 
 class RateLimiter:
@@ -53,12 +65,18 @@ class RateLimiter:
 class Guard:
     """ASGI middleware, outermost: refuses oversized bodies (413, before reading them when Content-Length
     says so), throttles each token (429 with Retry-After), adds security headers to every response and
-    turns an unexpected exception into a bare 500 (the traceback goes to the log, never to the client)."""
+    turns an unexpected exception into a bare 500 (the traceback goes to the log, never to the client).
 
-    def __init__(self, app: ASGIApp, max_body: int, rate: float) -> None:
+    With `tokens` (the server's verifier), a token it has not checked lately counts against the client's
+    address, not a bucket of its own: checking it costs a database lookup, so a stream of made-up tokens
+    is throttled like a client without any. And a request whose token cannot be checked because the
+    database is down is answered 503 with Retry-After, not the 401 the MCP SDK would send."""
+
+    def __init__(self, app: ASGIApp, max_body: int, rate: float, tokens: TokenCheck | None = None) -> None:
         self.app = app
         self.max_body = max_body
         self.limiter = RateLimiter(rate, max(1.0, 2 * rate)) if rate > 0 else None
+        self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,12 +102,21 @@ class Guard:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             await _reply(send_secured, 413, self._too_large())
             return
-        if self.limiter is not None and scope.get("path", "") not in UNLIMITED:
-            wait = self.limiter.take(_client_key(scope))
+        token = _bearer(scope)
+        path = scope.get("path", "")
+        if self.limiter is not None and path not in UNLIMITED:
+            unchecked = token is not None and self.tokens is not None and not self.tokens.known(token)
+            wait = self.limiter.take(_address_key(scope) if token is None or unchecked else _token_key(token))
             if wait > 0:
                 retry = max(1, math.ceil(wait))
                 await _reply(send_secured, 429, {"error": f"rate limit reached; retry in {retry} s"},
                              [(b"retry-after", str(retry).encode())])
+                return
+        if token is not None and self.tokens is not None and path.startswith(PROTECTED):
+            try:  # the SDK's own check, next, finds the answer cached
+                await self.tokens.verify_token(token)
+            except AuthUnavailable as exc:
+                await _reply(send_secured, 503, {"error": str(exc)}, [(b"retry-after", str(RETRY_AUTH_S).encode())])
                 return
         received = 0
 
@@ -131,12 +158,17 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _client_key(scope: Scope) -> str:
-    """The bucket a request counts against: its bearer token (hashed, never kept in the clear), else the
-    client's address."""
+def _bearer(scope: Scope) -> str | None:
     auth = _header(scope, b"authorization") or ""
-    if auth[:7].lower() == "bearer " and auth[7:].strip():
-        return "t:" + hashlib.sha256(auth[7:].strip().encode()).hexdigest()
+    return (auth[7:].strip() or None) if auth[:7].lower() == "bearer " else None
+
+
+def _token_key(token: str) -> str:
+    """A token's rate-limit bucket (hashed: the token is never kept in the clear)."""
+    return "t:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def _address_key(scope: Scope) -> str:
     client = scope.get("client") or ("unknown", 0)
     return f"a:{client[0]}"
 

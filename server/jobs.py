@@ -56,6 +56,17 @@ class JobError(Exception):
         self.per_job = dict(per_job)
 
 
+class Postpone(Exception):
+    """Raised by a handler when a batch cannot be done now for a reason that is not the jobs' own (an
+    embedding model that cannot load): each job is tried again after `delay` seconds, with one warning for
+    the batch, instead of retrying within seconds and dead-lettering every job in a few."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
 class JobQueue(Protocol):
     """A queue in the database: at-least-once delivery, leases, retries with backoff, a dead letter."""
 
@@ -162,6 +173,10 @@ class Worker:
     async def _handle(self, handler: Handler, jobs: list[Job]) -> None:
         try:
             await handler(jobs)
+        except Postpone as exc:
+            log.warning("%d %s job(s) postponed for %.0f s: %s", len(jobs), jobs[0].kind, exc.delay, exc.reason)
+            for job in jobs:
+                await self.queue.fail(job, exc.reason, delay=exc.delay)
         except JobError as exc:
             failed = [j for j in jobs if j.id in exc.per_job]
             await self.queue.complete([j.id for j in jobs if j.id not in exc.per_job])

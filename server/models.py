@@ -235,7 +235,8 @@ class MemoryDetail(Memory):
 class ShareResult(BaseModel):
     id: str = Field(description="The memory in the target workspace (the same id when shared in place).")
     workspace: str
-    copied: bool = Field(description="True when a team copy was made in another workspace; the original stays.")
+    copied: bool = Field(description="True when a team copy was made in another workspace (the original stays); "
+                                     "false when shared in place or already there.")
     message: str
 
 
@@ -263,7 +264,8 @@ class ProjectContext(BaseModel):
 
 class Status(BaseModel):
     backend: Literal["sqlite", "postgres"]
-    location: str = Field(description="Database path, or the PostgreSQL URL without its password.")
+    location: str = Field(description="Database path, or the PostgreSQL URL without its password (over HTTP with "
+                                      "tokens, not shown to API clients).")
     reason: str = Field(description="Why this backend was chosen.")
     schema_version: int
     version: str
@@ -274,7 +276,7 @@ class Status(BaseModel):
     projects: int
     default_project: str
     embedding_model: str | None = Field(description="Model whose vectors semantic search uses, if any.")
-    semantic_search: str = Field(description="'on', or why it is off.")
+    semantic_search: str = Field(description="'on', or why it is off or unavailable.")
     vector_index: str | None = Field(default=None, description="SQLite: 'sqlite-vec' or 'memory' (in-process).")
     pending_jobs: int = Field(description="Memories waiting to be embedded (embedding jobs queued or running); "
                                           "until then semantic search cannot find them.")

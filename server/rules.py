@@ -111,8 +111,8 @@ def checked_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     if "\\u0000" in encoded:
         raise InvalidInput("metadata contains NUL characters (\\u0000); remove them")
     if len(encoded.encode("utf-8")) > MAX_METADATA_BYTES:
-        raise InvalidInput(f"metadata is {kib(len(encoded.encode()))} as JSON; the limit is "
-                           f"{kib(MAX_METADATA_BYTES)}: keep large text in content")
+        size, limit = over_limit(len(encoded.encode()), MAX_METADATA_BYTES)
+        raise InvalidInput(f"metadata is {size} as JSON; the limit is {limit}: keep large text in content")
     parsed: dict[str, Any] = json.loads(encoded)
     return parsed
 
@@ -138,3 +138,11 @@ def utc_now() -> datetime:
 
 def kib(size: int) -> str:
     return f"{size / 1024:.0f} KiB" if size >= 1024 else f"{size} bytes"
+
+
+def over_limit(size: int, limit: int) -> tuple[str, str]:
+    """A size and the limit it is over, in KiB, or in bytes where KiB would print them alike ("64 KiB; the
+    limit is 64 KiB" for one byte over)."""
+    if kib(size) == kib(limit):
+        return f"{size:,} bytes", f"{limit:,} bytes"
+    return kib(size), kib(limit)

@@ -15,6 +15,7 @@ from server.changes import Change, ChangesPage, changes_uri
 from server.config import Settings
 from server.errors import EmbeddingUnavailable, InvalidInput, NotFound, PermissionDenied, StackMemoryError
 from server.ids import check_id, new_id
+from server.jobs import Postpone
 from server.models import (
     Access,
     ContextSection,
@@ -49,8 +50,8 @@ from server.rules import (
     checked_tags,
     clean_text,
     content_hash,
-    kib,
     noted_redactions,
+    over_limit,
     utc_now,
     visibility_for,
 )
@@ -171,6 +172,9 @@ class MemoryService:
                      caller: Caller = LOCAL) -> Memory:
         memory_id = check_id(memory_id)
         now = utc_now()
+        if expires_at is not None and clear_expiry:
+            raise InvalidInput("expires_at and clear_expiry contradict each other: give expires_at to set a new "
+                               "expiry, or clear_expiry to remove it")
         patch = MemoryPatch(
             content=None if content is None else self._content(content),
             kind=None if kind is None else checked_kind(kind),  # type: ignore[arg-type]
@@ -243,7 +247,7 @@ class MemoryService:
         if created:
             self._written()
             self._changed()
-        return ShareResult(id=shared.id, workspace=target.workspace, copied=True,
+        return ShareResult(id=shared.id, workspace=target.workspace, copied=created,
                            message=(f"copied into {target.workspace} for every member; the original stays in "
                                     "its workspace" if created else
                                     f"{target.workspace} already has this content as {shared.id}"))
@@ -418,7 +422,15 @@ class MemoryService:
         assert self.semantic is not None
         rows = await self.storage.live_contents([j.key for j in jobs if j.key])
         if rows:
-            vectors = await self.semantic.embedder.embed_documents([content for _, content in rows])
+            try:
+                vectors = await self.semantic.embedder.embed_documents([content for _, content in rows])
+            except EmbeddingUnavailable as exc:
+                # The model could not load (offline, no permission to its cache...): not these memories'
+                # fault, so they wait for the next attempt to load it instead of using up their retries.
+                wait = float(getattr(self.semantic.embedder, "retry_in", lambda: 0.0)())
+                if wait > 0:
+                    raise Postpone(str(exc), wait) from exc
+                raise
             await self.storage.put_vectors(self.semantic.model, [(i, v) for (i, _), v in zip(rows, vectors,
                                                                                             strict=True)])
         self._count_pending(-len(jobs))  # fewer memories wait now
@@ -475,15 +487,25 @@ class MemoryService:
         counts = await self.jobs.counts(EMBED) if self.jobs is not None else None
         return Status(
             embedding_model=await self.storage.get_meta("embedding_model"),
-            semantic_search="on" if self.semantic is not None else (self.semantic_off or "off"),
+            semantic_search=self._semantic_state(),
             vector_index=stats.vector_index,
             pending_jobs=counts.pending + counts.running if counts else 0,
             failed_jobs=counts.failed if counts else 0,
-            backend=stats.backend, location=stats.location, reason=self.settings.reason,
+            # An API client is not the operator: where the database lives (host, role, name) is not its business.
+            backend=stats.backend, location=HIDDEN_LOCATION if self.require_caller else stats.location,
+            reason=self.settings.reason,
             schema_version=stats.schema_version, version=__version__, memories=stats.memories,
             deleted=stats.deleted, expired=stats.expired, by_kind=stats.by_kind, projects=stats.projects,
             default_project=self.default_project,
         )
+
+    def _semantic_state(self) -> str:
+        if self.semantic is None:
+            return self.semantic_off or "off"
+        failure = getattr(self.semantic.embedder, "last_failure", None)
+        if failure:  # the worker retries loading it; until then searches run keyword and say why
+            return f"unavailable: {failure}"
+        return "on"
 
     # ---- validation -----------------------------------------------------------------------------------
 
@@ -496,10 +518,9 @@ class MemoryService:
         size = len(text.encode("utf-8"))
         limit = self.settings.max_content_bytes
         if size > limit:
-            raise InvalidInput(
-                f"content is {kib(size)}; the limit is {kib(limit)} (split it into several memories, "
-                "or raise STACKMEMORY_MAX_CONTENT_BYTES)"
-            )
+            shown, allowed = over_limit(size, limit)
+            raise InvalidInput(f"content is {shown}; the limit is {allowed} (split it into several memories, "
+                               "or raise STACKMEMORY_MAX_CONTENT_BYTES)")
         return text
 
     def _redacted(self, text: Any, metadata: Any) -> tuple[Any, Any, list[str]]:
@@ -617,6 +638,9 @@ class Scope:
     def name(self, memory: Memory) -> str:
         found = self.by_id.get(memory.workspace_id)
         return found.workspace if found else memory.workspace_id
+
+
+HIDDEN_LOCATION = "the server's database (`stackmemory status` on the server shows where)"
 
 
 def _stored_message(memory: Memory, created: bool, target: Membership, secrets: list[str]) -> str:

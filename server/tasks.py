@@ -215,7 +215,7 @@ class TaskService:
                      status: str | None = None, priority: str | None = None, assignee: str | None = None,
                      labels: list[str] | None = None, memory_ids: list[str] | None = None,
                      expected_version: int | None = None, caller: Caller = LOCAL) -> Task:
-        task_id = check_id(task_id)
+        task_id = check_id(task_id, "task id")
         scope = await self._scope(caller)
         checks: dict[str, tuple[Any, Callable[[Any], Any]]] = {
             "title": (title, _title), "description": (description, self._description), "status": (status, _status),
@@ -242,7 +242,7 @@ class TaskService:
 
     async def get(self, task_id: str, *, caller: Caller = LOCAL) -> Task:
         scope = await self._scope(caller)
-        task = await self._visible(scope, check_id(task_id))
+        task = await self._visible(scope, check_id(task_id, "task id"))
         return task.model_copy(update={"workspace": scope.by_id[task.workspace_id].workspace})
 
     async def list_tasks(self, *, workspace: str | None = None, status: list[str] | None = None,

@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from server.accounts import Accounts, TokenOwner, hash_token
+from server.accounts import TOKEN_FRESH, Accounts, TokenOwner, hash_token
 from server.app import Runtime, build_server
 from server.errors import StackMemoryError
+from server.http_guard import AuthUnavailable
 from server.storage.migrations import latest_version
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
-TOKEN_FRESH = 10.0  # seconds a checked token is trusted without asking the database again
+READY_TIMEOUT = 2.0  # seconds /readyz waits for the database
 TOKEN_STALE = 600.0  # seconds a checked token still passes while the database is unreachable
 TOKEN_CACHE_SIZE = 10_000
 
@@ -52,7 +53,9 @@ class TokenVerifier:
 
     A token checked in the last TOKEN_FRESH seconds is not looked up again (so a revocation takes effect
     within that time), and while the database is unreachable a token seen in the last TOKEN_STALE seconds
-    still passes: the call then fails with "database unavailable", not with a misleading 401."""
+    still passes: the call then fails with "database unavailable", not with a misleading 401. A token not
+    seen lately cannot be checked then: AuthUnavailable, which the Guard answers with 503 (retry), since a
+    401 would tell the client its valid token is bad."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -72,7 +75,10 @@ class TokenVerifier:
                 owner = await Accounts(self.runtime.service.accounts).authenticate(token)
             except StackMemoryError as exc:
                 log.warning("token check failed: %s", exc)
-                owner = cached[1] if cached is not None and now - cached[0] < TOKEN_STALE else None
+                if cached is None or now - cached[0] >= TOKEN_STALE:
+                    raise AuthUnavailable("the server cannot check tokens now (its database is unavailable); "
+                                          "retry shortly") from exc
+                owner = cached[1]
             else:
                 self._remember(key, now, owner)
         if owner is None or (owner.expires_at is not None and owner.expires_at <= datetime.now(UTC)):
@@ -80,6 +86,11 @@ class TokenVerifier:
         expires = int(owner.expires_at.timestamp()) if owner.expires_at else None
         return AccessToken(token=token, client_id=owner.caller.user_id, scopes=[], expires_at=expires,
                            subject=owner.caller.user_id, claims={"name": owner.caller.name})
+
+    def known(self, token: str) -> bool:
+        """Whether the token passed a check in the last TOKEN_FRESH seconds (so it costs no lookup now)."""
+        cached = self._seen.get(hash_token(token))
+        return cached is not None and time.monotonic() - cached[0] < TOKEN_FRESH
 
     def _remember(self, key: str, now: float, owner: TokenOwner | None) -> None:
         if owner is None:
@@ -114,8 +125,8 @@ def build_http_app(runtime: Runtime, transport: str) -> Starlette:
     from server.http_guard import Guard
 
     tokens = runtime.settings.auth == "tokens"
-    server = build_server(runtime, auth=auth_settings(runtime, transport) if tokens else None,
-                          verifier=TokenVerifier(runtime) if tokens else None)
+    verifier = TokenVerifier(runtime) if tokens else None
+    server = build_server(runtime, auth=auth_settings(runtime, transport) if tokens else None, verifier=verifier)
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(_: Request) -> Response:
@@ -123,9 +134,17 @@ def build_http_app(runtime: Runtime, transport: str) -> Starlette:
 
     @server.custom_route("/readyz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def readyz(_: Request) -> Response:
+        import anyio
+
         try:
             storage = runtime.service.storage
-            version = await storage.ping()
+            # Sooner than the pool's own timeout (10 s by default): health probes give up after 1-5 s, and an
+            # unanswered probe says less than a 503 with its reason.
+            with anyio.fail_after(READY_TIMEOUT):
+                version = await storage.ping()
+        except TimeoutError:
+            return JSONResponse({"status": "unavailable", "error": f"the database did not answer within "
+                                 f"{READY_TIMEOUT:g} s"}, status_code=503)
         except (StackMemoryError, RuntimeError) as exc:
             return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
         want = latest_version(storage.backend)
@@ -162,7 +181,7 @@ def build_http_app(runtime: Runtime, transport: str) -> Starlette:
             settle_heap()
             yield
 
-    guard = Middleware(Guard, max_body=limit, rate=runtime.settings.rate_limit)
+    guard = Middleware(Guard, max_body=limit, rate=runtime.settings.rate_limit, tokens=verifier)
     return Starlette(routes=[Mount("/", app=inner)], lifespan=lifespan, middleware=[guard])
 
 

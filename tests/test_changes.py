@@ -49,11 +49,17 @@ async def test_teammates_see_team_changes_but_never_private_ones(svc: MemoryServ
     private = await svc.store("alice's own scratch note", workspace="platform", visibility="private",
                               caller=as_alice)
     await svc.share(private.id, "platform", caller=as_alice)  # now the team may see it
+    # Copied from alice's personal workspace once; a second share finds the copy and says nothing was copied.
+    mine = await svc.store("alice's runbook for restores", caller=as_alice)
+    first = await svc.share(mine.id, "platform", caller=as_alice)
+    again = await svc.share(mine.id, "platform", caller=as_alice)
+    assert first.copied and not again.copied and again.id == first.id and "already has" in again.message
     seen_by_bob = await svc.changes("platform", caller=as_bob)
-    assert [(c.kind, c.id) for c in seen_by_bob.changes] == [("create", team.id), ("share", private.id)]
+    assert [(c.kind, c.id) for c in seen_by_bob.changes] == [("create", team.id), ("share", private.id),
+                                                             ("share", first.id)]
     seen_by_alice = await svc.changes("platform", caller=as_alice)
-    assert [c.kind for c in seen_by_alice.changes] == ["create", "create", "share"]
-    assert [c.actor for c in seen_by_alice.changes] == ["alice"] * 3
+    assert [c.kind for c in seen_by_alice.changes] == ["create", "create", "share", "share"]
+    assert [c.actor for c in seen_by_alice.changes] == ["alice"] * 4
 
 
 def _caller(user: Any) -> Any:

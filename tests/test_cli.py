@@ -34,6 +34,10 @@ def test_a_person_can_store_search_list_get_and_delete_from_the_shell(tmp_path: 
     assert ok(db, "get", mid)["content"] == "Releases are cut on Thursdays"
     table = run(db, "search", "releases")
     assert table.returncode == 0 and "Releases are cut on Thursdays" in table.stdout and "score" in table.stdout
+    assert table.stdout.startswith("keyword search\n")
+    # The table says which ranking ran and why not the one asked for (it said nothing, with results).
+    fallback = run(db, "search", "releases", "--mode", "semantic").stdout
+    assert fallback.startswith("keyword search: semantic search is off") and "Thursdays" in fallback
     assert ok(db, "delete", mid)["deleted"] is True
     assert ok(db, "status")["memories"] == 0
 
@@ -46,6 +50,13 @@ def test_cli_errors_are_one_line_and_exit_non_zero(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     empty = run(db, "store", "   ")
     assert empty.returncode == 1 and "content is empty" in empty.stderr
+    # A folder given as the database: one line (aiosqlite's thread used to add a traceback after it).
+    folder = run(str(tmp_path), "status")
+    assert folder.returncode == 1 and folder.stderr.strip().count("\n") == 0 and "it is a folder" in folder.stderr
+    # A bad setting is a configuration error (exit 2), not a traceback.
+    for flags in (["--log-level", "verbose"],):
+        bad = run(db, "status", *flags)
+        assert bad.returncode == 2 and "configuration error" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0", "0 is out of range: give 1 to 20,000"),

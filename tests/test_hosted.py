@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio
@@ -35,6 +36,37 @@ async def test_calls_during_a_postgres_outage_fail_clearly_and_service_recovers_
                     await anyio.sleep(0.2)
             assert [r["content"] for r in after.structured_content["results"]] == ["written before the outage"]
         assert served.proc.poll() is None, "the server must keep running through the outage"
+    finally:
+        served.stop()
+
+
+async def test_a_valid_token_not_checked_lately_gets_503_not_401_while_postgres_is_down(private_pg: Any) -> None:
+    """A 401 tells a client its token is bad (it may drop it or ask the user for a new one); while the
+    database is down the server cannot tell, so it says 503 with Retry-After. A token it checked moments
+    ago still passes (the call itself then reports the database unavailable)."""
+    from tests.conftest import issue_token
+    from tests.test_auth import post
+
+    url = private_pg.get_uri()
+    served = Served(url, "http", STACKMEMORY_POOL_TIMEOUT="1")
+    try:
+        fresh = issue_token(url, "newcomer")  # valid, and never shown to the server before the outage
+
+        def init(token: str) -> tuple[int, dict[str, str], bytes]:
+            status, headers, body = post(served.base + "/mcp", {"Authorization": f"Bearer {token}"})
+            return status, {k.lower(): v for k, v in headers.items()}, body
+
+        assert (await anyio.to_thread.run_sync(init, served.token))[0] == 200
+        await anyio.to_thread.run_sync(stop, private_pg)
+        status, headers, body = await anyio.to_thread.run_sync(init, fresh)
+        assert status == 503 and headers.get("retry-after", "").isdigit(), (status, body)
+        assert "cannot check tokens" in json.loads(body)["error"]
+        assert (await anyio.to_thread.run_sync(init, served.token))[0] == 200
+        await anyio.to_thread.run_sync(private_pg.ensure_postgres_running)
+        with anyio.fail_after(15):
+            while (await anyio.to_thread.run_sync(init, fresh))[0] != 200:
+                await anyio.sleep(0.2)
+        assert served.proc.poll() is None
     finally:
         served.stop()
 

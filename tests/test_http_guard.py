@@ -125,6 +125,28 @@ async def test_each_token_is_rate_limited_with_429_and_retry_after(served: Serve
                                   "retry_after_s": int(retry)})
 
 
+async def test_made_up_tokens_count_against_the_address_not_a_bucket_each(served: Served) -> None:
+    """Each made-up token used to get a bucket of its own, and a database lookup: a client sending a new one
+    every time was never throttled. A token the server has not checked lately now counts against the
+    client's address; once checked, a real token has its own bucket again."""
+    import secrets
+
+    import anyio
+
+    def attempt(token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        if served.transport == "sse":
+            return send(served.port, "POST", "/messages/?session_id=0",
+                        {**headers, "Content-Type": "application/json"}, b"{}")[0]
+        return post(served.base + "/mcp", headers)[0]
+
+    codes = [attempt("smk_" + secrets.token_urlsafe(32)) for _ in range(25)]  # the served rate: 5/s, bursts of 10
+    assert 429 in codes and codes.count(401) <= 12, codes
+    await anyio.sleep(1)  # the address's bucket refills; the real token's first request is charged to it
+    assert attempt(served.token) != 429
+    assert all(attempt(served.token) != 429 for _ in range(5))  # now in a bucket of its own
+
+
 async def test_foreign_hosts_and_origins_are_refused_for_posts_too(served: Served) -> None:
     token = {"Authorization": f"Bearer {served.token}", "Content-Type": "application/json",
              "Accept": "application/json, text/event-stream"}
@@ -173,6 +195,16 @@ def test_a_request_limit_below_the_content_limit_is_refused_at_start() -> None:
     with pytest.raises(ConfigError, match="STACKMEMORY_MAX_REQUEST_BYTES"):
         Settings.load(env={"STACKMEMORY_MAX_REQUEST_BYTES": "50000", "STACKMEMORY_TRANSPORT": "http"}, db="x.db")
     assert Settings.load(env={}, db="x.db").max_request_bytes > Settings.load(env={}, db="x.db").max_content_bytes
+
+
+@pytest.mark.parametrize(("name", "value"), [("STACKMEMORY_PUBLIC_URL", "not-a-url"),
+                                             ("STACKMEMORY_PUBLIC_URL", "ftp://memory.example.com"),
+                                             ("STACKMEMORY_LOG_LEVEL", "LOUD")])
+def test_a_malformed_setting_is_a_configuration_error_naming_it(name: str, value: str) -> None:
+    """Both used to get past the settings and fail later with a traceback (the URL after the pool opened)."""
+    with pytest.raises(ConfigError, match=name):
+        Settings.load(env={name: value, "STACKMEMORY_TRANSPORT": "http"}, db="x.db")
+    assert Settings.load(env={"STACKMEMORY_PUBLIC_URL": "https://memory.example.com/"}, db="x.db").public_url
 
 
 async def test_a_streamed_body_past_the_limit_on_other_routes_is_cut_off_by_the_guard() -> None:

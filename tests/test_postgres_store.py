@@ -74,6 +74,17 @@ async def test_an_unreachable_server_at_open_names_host_port_and_database_on_one
     assert "s3cret-pw" not in s.location
 
 
+def test_a_password_in_the_query_string_is_masked_too() -> None:
+    """libpq takes the password as a `password=` parameter as well; it reached memory_status and the logs."""
+    from server.config import redact_url
+
+    assert redact_url("postgresql://app@/sm?host=/run/pg&password=hunter2&application_name=x") == \
+        "postgresql://app@/sm?host=/run/pg&password=***&application_name=x"
+    assert redact_url("postgresql://app:hunter2@db:5432/sm?sslpassword=k3y") == \
+        "postgresql://app:***@db:5432/sm?sslpassword=***"
+    assert redact_url("postgresql://app@db/sm") == "postgresql://app@db/sm"
+
+
 async def test_a_call_while_every_connection_is_busy_fails_fast_and_a_later_call_succeeds(
         store: PostgresStore, pg_url: str) -> None:
     memory, _ = await store.add_memory(new_memory("the pool has one connection"))

@@ -366,6 +366,42 @@ async def test_default_searches_do_not_retry_a_model_that_failed_to_load(db_targ
         result = await svc.search("deploy")
         assert result.mode == "keyword" and "could not be downloaded" in (result.note or "")
         assert [h.content for h in result.results] == ["deploy notes"]
+        # memory_status says so too, not "on" (it did, while every search ran keyword)
+        assert (await svc.status()).semantic_search == "unavailable: the model could not be downloaded (no network)"
+
+
+async def test_embedding_jobs_wait_for_a_model_that_cannot_load_instead_of_using_up_their_retries(
+        db_target: str, settings_for: Any) -> None:
+    """Offline, or with no writable model cache, every embedding job was retried within seconds and dead-lettered
+    in about 20 s, with a warning per job per attempt. Now the batch is postponed until the model may be
+    tried again (one warning), and nothing is marked failed."""
+    from server.errors import EmbeddingUnavailable
+    from server.service import EMBED
+
+    class CannotLoad(FakeEmbedder):
+        last_failure = None
+
+        def retry_in(self) -> float:
+            return 300.0 if self.last_failure else 0.0
+
+        async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+            self.calls += 1
+            self.last_failure = "the model could not be downloaded (no network)"  # type: ignore[assignment]
+            raise EmbeddingUnavailable(self.last_failure)
+
+    embedder = CannotLoad()
+    async with Runtime(settings_for(db_target), embedder).session() as svc:
+        assert svc.jobs is not None
+        for text in ("deploy notes", "the database is postgres", "lunch at noon"):
+            await svc.store(text)
+        with anyio.fail_after(10):
+            while embedder.calls == 0:
+                await anyio.sleep(0.05)
+        await anyio.sleep(4)  # the old backoff retried after 1-2 s, then 2-4 s
+        counts = await svc.jobs.counts(EMBED)
+        assert embedder.calls == 1 and counts.failed == 0 and counts.pending + counts.running == 3, (
+            embedder.calls, counts)
+        assert (await svc.search("deploy")).mode == "keyword"
 
 
 async def test_the_in_process_vector_index_is_loaded_at_start_up_not_by_the_first_search(

@@ -140,12 +140,29 @@ async def test_a_bad_memory_in_a_batch_stores_none_of_them(client: Any, memories
         ("delete_memory", {"id": "01936f2e-7c3a-7d4e-9b1a-2f3c4d5e6f70"}, "no memory with id"),
         ("update_memory", {"id": "01936f2e-7c3a-7d4e-9b1a-2f3c4d5e6f70", "content": "x"}, "no memory with id"),
         ("list_memories", {"cursor": "garbage"}, "cursor 'garbage' is not valid"),
+        ("store_memory", {"content": "ok", "visiblity": "private"},
+         "store_memory has no argument 'visiblity' (did you mean 'visibility'?)"),
+        ("search_memory", {"query": "x", "limt": 1}, "search_memory has no argument 'limt' (did you mean 'limit'?)"),
+        ("update_memory", {"id": "01936f2e-7c3a-7d4e-9b1a-2f3c4d5e6f70", "expires_at": "2031-01-01T00:00:00Z",
+                           "clear_expiry": True}, "expires_at and clear_expiry contradict each other"),
     ],
 )
 async def test_bad_arguments_are_tool_errors_that_say_what_to_fix(client: Any, tool: str, args: dict[str, Any],
                                                                    expected: str) -> None:
     assert expected in error(await client.call_tool(tool, args))
     assert data(await client.call_tool("memory_status", {}))["memories"] == 0
+
+
+async def test_an_argument_a_tool_does_not_have_is_refused_not_dropped(client: Any) -> None:
+    """A misspelt visibility stored a team-visible memory, and update_memory(visibility=...) reported success
+    while changing nothing: both are now errors naming the argument, and the schemas say so."""
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert all(t.input_schema.get("additionalProperties") is False for t in tools.values())
+    mid = data(await client.call_tool("store_memory", {"content": "private plans"}))["id"]
+    message = error(await client.call_tool("update_memory", {"id": mid, "content": "v2", "visibility": "team"}))
+    assert "update_memory has no argument 'visibility'" in message and "Its arguments are: " in message
+    memory = data(await client.call_tool("get_memory", {"id": mid}))
+    assert memory["content"] == "private plans" and memory["version"] == 1
 
 
 async def test_a_stale_version_is_reported_as_a_conflict(client: Any) -> None:

@@ -17,6 +17,7 @@ import pytest
 from mcp import Client
 
 from server.app import tool_names
+from server.service import HIDDEN_LOCATION
 from tests.conftest import PYTHON, issue_token, mcp_client, server_env
 
 pytestmark = pytest.mark.anyio
@@ -121,7 +122,9 @@ async def test_every_tool_works_over_the_network(served: Served) -> None:
         assert data(await c.call_tool("get_memory", {"id": mid}))["importance"] == 9
         assert len(data(await c.call_tool("list_memories", {}))["memories"]) == 1
         assert "staging.example.com" in data(await c.call_tool("get_context", {}))["summary"]
-        assert data(await c.call_tool("memory_status", {}))["memories"] == 1
+        status = data(await c.call_tool("memory_status", {}))
+        assert status["memories"] == 1
+        assert status["location"] == HIDDEN_LOCATION  # where the database lives is the operator's business
         assert data(await c.call_tool("delete_memory", {"id": mid}))["deleted"] is True
         bad = await c.call_tool("get_memory", {"id": "nope"})
         assert bad.is_error and "expected a UUID" in bad.content[0].text

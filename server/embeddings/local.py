@@ -116,6 +116,12 @@ class LocalEmbedder:
         """Why the last attempt to load the model failed, while it is still not loaded."""
         return str(self._failure[1]) if self._failure is not None and self._runner is None else None
 
+    def retry_in(self) -> float:
+        """Seconds until a model that failed to load is tried again (0 when loaded, or when it never failed)."""
+        if self._runner is not None or self._failure is None:
+            return 0.0
+        return max(0.0, RELOAD_AFTER - (time.monotonic() - self._failure[0]))
+
     async def dimension(self) -> int:
         if self._dim is None:
             self._dim = await anyio.to_thread.run_sync(self._known_dimension)

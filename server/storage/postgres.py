@@ -144,7 +144,8 @@ class PostgresStore:
     def _unreachable(self, exc: BaseException) -> str:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         return (f"database unavailable: cannot reach {self._where()} ({reason}); check the server is running "
-                "and reachable and the user, password and database in STACKMEMORY_DB are right, then retry")
+                "and reachable and the user, password and database in its URL (STACKMEMORY_DB or DATABASE_URL) "
+                "are right, then retry")
 
     @asynccontextmanager
     async def _translated(self) -> AsyncIterator[None]:
@@ -499,7 +500,9 @@ def _json_value(value: Any) -> Any:
 async def _insert_or_find(conn: Conn, new: NewMemory) -> tuple[Memory, bool]:
     """Insert the memory, or find the live one with the same content (created=False). ON CONFLICT makes two
     concurrent adds of one text insert once; the loser reads the winner, and if that was deleted meanwhile,
-    tries again."""
+    tries again. An expired memory holds its content no more than a deleted one: an expired duplicate is
+    tombstoned as delete_memory does (the change feed records a delete), in this transaction, and the
+    insert tried again; if a concurrent add replaced it first, the next attempt finds that one instead."""
     params = new.model_dump()
     params.update(tags=Jsonb(new.tags), metadata=Jsonb(new.metadata), dedup_owner=new.dedup_owner)
     for _ in range(ADD_ATTEMPTS):
@@ -509,8 +512,17 @@ async def _insert_or_find(conn: Conn, new: NewMemory) -> tuple[Memory, bool]:
             return _memory(row), True
         cur = await conn.execute(Q["find_duplicate"], params)
         existing = await cur.fetchone()
-        if existing is not None:
+        if existing is None:
+            continue
+        if existing["expires_at"] is None or existing["expires_at"] > new.created_at:
             return _memory(existing), False
+        # As the system for this one statement: row-level security lets a member change only their own
+        # memories, and the expired duplicate of a team memory may be a teammate's (the query checks the
+        # caller's membership itself). Then back to the caller, as _as set it.
+        await conn.execute(Q["act_as_system"])
+        await conn.execute(Q["tombstone_expired"], {"id": existing["id"], "now": new.created_at,
+                                                    "updated_by": new.updated_by})
+        await conn.execute(Q["act_as_user"], {"user_id": new.updated_by})
     raise StorageUnavailable("the memory kept colliding with concurrent changes to the same content; nothing "
                              "was stored, retry")
 

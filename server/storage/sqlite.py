@@ -71,6 +71,9 @@ class SQLiteStore:
         return str(self.path)
 
     async def open(self) -> None:
+        if self.path.is_dir():  # sqlite3 fails on it too, but aiosqlite's thread then outlives the event loop
+            raise StorageUnavailable(f"cannot open the database {self.path}: it is a folder; give a file path, "
+                                     f"e.g. --db {self.path / 'stackmemory.db'}")
         with _translated(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.vector_index = choose_index(self._requested_index)
@@ -195,9 +198,15 @@ class SQLiteStore:
     async def add_memory(self, new: NewMemory) -> tuple[Memory, bool]:
         # Autocommit: the insert is atomic on its own, with no BEGIN and COMMIT to send.
         async with self._statement() as db:
-            found = await _insert_or_find(db, _new_params(new))
+            found = await _insert_or_find(db, _new_params(new), replace_expired=False)
         # None: another process deleted the duplicate between the two statements; store it after all.
-        return found if found is not None else await self.add_memory(new)
+        if found is None:
+            return await self.add_memory(new)
+        memory, created = found
+        if not created and _expired(memory.expires_at, new.created_at):
+            # An expired duplicate is replaced (tombstoned, then the memory inserted) in one transaction.
+            return (await self.add_memories([new]))[0]
+        return found
 
     async def add_memories(self, news: list[NewMemory]) -> list[tuple[Memory, bool]]:
         added: list[tuple[Memory, bool]] = []
@@ -205,7 +214,7 @@ class SQLiteStore:
         async with self._write() as db:
             for new in news:
                 with _translated(self.path):
-                    found = await _insert_or_find(db, _new_params(new))
+                    found = await _insert_or_find(db, _new_params(new), replace_expired=True)
                 if found is None:  # cannot happen inside the write transaction; refuse rather than guess
                     raise StorageUnavailable("a memory of the batch was neither stored nor found as a "
                                              "duplicate; nothing was stored, retry")
@@ -480,13 +489,31 @@ def _merge(current: Memory, patch: MemoryPatch, content_hash: str) -> dict[str, 
     }
 
 
-async def _insert_or_find(db: aiosqlite.Connection, params: dict[str, Any]) -> tuple[Memory, bool] | None:
-    """Insert the memory, or find the live one with the same content (created=False); None if neither."""
+async def _insert_or_find(db: aiosqlite.Connection, params: dict[str, Any], *,
+                          replace_expired: bool) -> tuple[Memory, bool] | None:
+    """Insert the memory, or find the live one with the same content (created=False); None if neither.
+    An expired memory holds its content no more than a deleted one: with replace_expired (only inside a
+    write transaction), an expired duplicate is tombstoned as delete_memory does (the change feed records
+    a delete) and the memory inserted after all. Without it, the expired duplicate is returned as found,
+    and the caller replaces it in a transaction."""
     row = next(iter(await db.execute_fetchall(Q["insert_memory"], params)), None)
     if row is not None:
         return _memory(row), True
     existing = next(iter(await db.execute_fetchall(Q["find_duplicate"], params)), None)
-    return None if existing is None else (_memory(existing), False)
+    if existing is None:
+        return None
+    if replace_expired and existing["expires_at"] is not None and existing["expires_at"] <= params["created_at"]:
+        tombstone = {"id": existing["id"], "now": params["created_at"], "updated_by": params["updated_by"]}
+        if await db.execute_fetchall(Q["tombstone_expired"], tombstone):
+            row = next(iter(await db.execute_fetchall(Q["insert_memory"], params)), None)
+            return None if row is None else (_memory(row), True)
+    return _memory(existing), False
+
+
+def _expired(expires_at: datetime | None, now: datetime) -> bool:
+    """Whether a memory expiring at expires_at has expired at now, compared as the queries compare them."""
+    stamp, at = ts(expires_at), ts(now)
+    return stamp is not None and at is not None and stamp <= at
 
 
 def _new_params(new: NewMemory) -> dict[str, Any]:

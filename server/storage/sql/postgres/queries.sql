@@ -114,6 +114,18 @@ RETURNING id, content, content_hash, kind, tags, project, importance, metadata, 
           created_at, updated_at, expires_at, version, deleted_at, workspace_id, visibility, created_by,
           updated_by;
 
+-- name: tombstone_expired
+-- A duplicate that has expired, tombstoned exactly as tombstone_memory does (delete_memory) so that its
+-- content can be stored again: an expired memory blocks its content no more than a deleted one. Run as the
+-- system (a member may not otherwise change a teammate's team memory), so it checks here what row-level
+-- security would: the caller is a member of the workspace, and the memory is a team one or the caller's.
+UPDATE memories SET deleted_at = %(now)s, updated_at = %(now)s, updated_by = %(updated_by)s,
+       version = version + 1
+ WHERE id = %(id)s AND deleted_at IS NULL AND expires_at <= %(now)s
+   AND workspace_id IN (SELECT stackmemory_workspaces('member'))
+   AND (visibility = 'team' OR created_by = stackmemory_user())
+RETURNING id;
+
 -- name: list_memories
 SELECT id, content, content_hash, kind, tags, project, importance, metadata, author,
        created_at, updated_at, expires_at, version, deleted_at, workspace_id, visibility, created_by, updated_by

@@ -47,6 +47,13 @@ UPDATE memories SET deleted_at = :now, updated_at = :now, updated_by = :updated_
  WHERE id = :id AND deleted_at IS NULL
 RETURNING *;
 
+-- name: tombstone_expired
+-- A duplicate that has expired, tombstoned exactly as tombstone_memory does (delete_memory) so that its
+-- content can be stored again: an expired memory blocks its content no more than a deleted one.
+UPDATE memories SET deleted_at = :now, updated_at = :now, updated_by = :updated_by, version = version + 1
+ WHERE id = :id AND deleted_at IS NULL AND expires_at <= :now
+RETURNING *;
+
 -- name: list_memories
 SELECT * FROM memories
  WHERE deleted_at IS NULL
