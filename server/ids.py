@@ -33,16 +33,13 @@ def new_id() -> str:
     return str(uuid.UUID(int=value))
 
 
-SOURCES = {"task id": "a create_task or list_tasks result"}  # where each kind of id is found, when not a memory's
-
-
-def check_id(value: str, what: str = "memory id") -> str:
+def check_id(value: str, what: str = "memory id", source: str = "a store, search or list result") -> str:
     """Return a normalised id or raise InvalidInput naming the expected shape."""
     text = value.strip().lower() if isinstance(value, str) else ""
     if not _UUID_RE.match(text):
         shown = repr(value)[:60]
         raise InvalidInput(
             f"{what} {shown} is not valid: expected a UUID such as "
-            f"'01936f2e-7c3a-7d4e-9b1a-2f3c4d5e6f70' (copy it from {SOURCES.get(what, 'a store, search or list result')})"
+            f"'01936f2e-7c3a-7d4e-9b1a-2f3c4d5e6f70' (copy it from {source})"
         )
     return text

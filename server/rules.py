@@ -110,9 +110,9 @@ def checked_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
         raise InvalidInput(f"metadata cannot be stored as JSON: {exc}") from None
     if "\\u0000" in encoded:
         raise InvalidInput("metadata contains NUL characters (\\u0000); remove them")
-    if len(encoded.encode("utf-8")) > MAX_METADATA_BYTES:
-        size, limit = over_limit(len(encoded.encode()), MAX_METADATA_BYTES)
-        raise InvalidInput(f"metadata is {size} as JSON; the limit is {limit}: keep large text in content")
+    if (size := len(encoded.encode("utf-8"))) > MAX_METADATA_BYTES:
+        shown, limit = over_limit(size, MAX_METADATA_BYTES)
+        raise InvalidInput(f"metadata is {shown} as JSON; the limit is {limit}: keep large text in content")
     parsed: dict[str, Any] = json.loads(encoded)
     return parsed
 

@@ -31,6 +31,7 @@ MAX_LABELS = 32
 MAX_LABEL_CHARS = 64
 MAX_LINKS = 50
 MAX_ASSIGNEE_CHARS = 200
+TASK_ID = ("task id", "a create_task or list_tasks result")  # what check_id calls it, where it is found
 
 
 class LinearLink(BaseModel):
@@ -215,7 +216,7 @@ class TaskService:
                      status: str | None = None, priority: str | None = None, assignee: str | None = None,
                      labels: list[str] | None = None, memory_ids: list[str] | None = None,
                      expected_version: int | None = None, caller: Caller = LOCAL) -> Task:
-        task_id = check_id(task_id, "task id")
+        task_id = check_id(task_id, *TASK_ID)
         scope = await self._scope(caller)
         checks: dict[str, tuple[Any, Callable[[Any], Any]]] = {
             "title": (title, _title), "description": (description, self._description), "status": (status, _status),
@@ -242,7 +243,7 @@ class TaskService:
 
     async def get(self, task_id: str, *, caller: Caller = LOCAL) -> Task:
         scope = await self._scope(caller)
-        task = await self._visible(scope, check_id(task_id, "task id"))
+        task = await self._visible(scope, check_id(task_id, *TASK_ID))
         return task.model_copy(update={"workspace": scope.by_id[task.workspace_id].workspace})
 
     async def list_tasks(self, *, workspace: str | None = None, status: list[str] | None = None,

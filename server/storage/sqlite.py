@@ -203,7 +203,7 @@ class SQLiteStore:
         if found is None:
             return await self.add_memory(new)
         memory, created = found
-        if not created and _expired(memory.expires_at, new.created_at):
+        if not created and _expired(ts(memory.expires_at), ts(new.created_at)):
             # An expired duplicate is replaced (tombstoned, then the memory inserted) in one transaction.
             return (await self.add_memories([new]))[0]
         return found
@@ -502,7 +502,7 @@ async def _insert_or_find(db: aiosqlite.Connection, params: dict[str, Any], *,
     existing = next(iter(await db.execute_fetchall(Q["find_duplicate"], params)), None)
     if existing is None:
         return None
-    if replace_expired and existing["expires_at"] is not None and existing["expires_at"] <= params["created_at"]:
+    if replace_expired and _expired(existing["expires_at"], params["created_at"]):
         tombstone = {"id": existing["id"], "now": params["created_at"], "updated_by": params["updated_by"]}
         if await db.execute_fetchall(Q["tombstone_expired"], tombstone):
             row = next(iter(await db.execute_fetchall(Q["insert_memory"], params)), None)
@@ -510,10 +510,10 @@ async def _insert_or_find(db: aiosqlite.Connection, params: dict[str, Any], *,
     return _memory(existing), False
 
 
-def _expired(expires_at: datetime | None, now: datetime) -> bool:
-    """Whether a memory expiring at expires_at has expired at now, compared as the queries compare them."""
-    stamp, at = ts(expires_at), ts(now)
-    return stamp is not None and at is not None and stamp <= at
+def _expired(expires_at: str | None, now: str | None) -> bool:
+    """Whether a memory expiring at expires_at has expired at now: stored timestamps (ts), compared as the
+    queries compare them."""
+    return expires_at is not None and now is not None and expires_at <= now
 
 
 def _new_params(new: NewMemory) -> dict[str, Any]:
